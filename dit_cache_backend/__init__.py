@@ -1,0 +1,1 @@
+"""dit_cache_backend: training-free cache acceleration for Diffusion Transformers."""
