@@ -1,0 +1,244 @@
+"""``enable_cache``, ``disable_cache`` and ``refresh_context``: cache-dit's entry points."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, List, Optional, Tuple
+
+from .adapter import (
+    BlockAdapter,
+    BlockAdapterRegister,
+    CachedListSpec,
+    adapter_for,
+    flatten_modifiers,
+    is_pipeline,
+    merge_modifier,
+    resolve_adapter,
+)
+from .config import (
+    CacheType,
+    CalibratorConfig,
+    DBCacheConfig,
+    ensure_supported,
+    load_cache_config,
+)
+from .errors import ConfigError, DitCacheError, NotSupportedYetError
+from .session import CacheSession, session_of
+
+logger = logging.getLogger(__name__)
+
+# Pipelines whose denoising loop calls the transformer twice per step (cond, then uncond), by
+# class-name prefix; cache-dit's list (spec §2.2).
+SEPARATE_CFG_PREFIXES = (
+    "QwenImage",
+    "Wan",
+    "CogView4",
+    "Cosmos",
+    "SkyReelsV2",
+    "Chroma",
+    "Lumina2",
+    "Kandinsky5",
+    "ChronoEdit",
+    "HunyuanVideo15",
+    "OvisImage",
+    "BooguImage",
+    "JoyImage",
+)
+
+
+def _merge_shorthand(
+    cache_config: Optional[DBCacheConfig],
+    calibrator_config: Optional[CalibratorConfig],
+    shorthand: dict,
+) -> Tuple[DBCacheConfig, Optional[CalibratorConfig]]:
+    """Fold cache-dit's flat keyword arguments (``Fn_compute_blocks=…``) into the configs."""
+    base = cache_config.copy() if cache_config is not None else DBCacheConfig()
+    if not shorthand:
+        return base, calibrator_config
+    override, calibrator_override = load_cache_config(shorthand, reset=True)
+    if override is not None:
+        base.update(**override.as_dict())
+    if calibrator_override is not None:
+        calibrator_config = calibrator_override
+    return base, calibrator_config
+
+
+def _check_types(cache_config: Any, calibrator_config: Any) -> None:
+    if not isinstance(cache_config, DBCacheConfig):
+        raise ConfigError(
+            "cache_config", type(cache_config).__name__, "a DBCacheConfig (or DBPruneConfig)"
+        )
+    if calibrator_config is not None and not isinstance(calibrator_config, CalibratorConfig):
+        raise ConfigError(
+            "calibrator_config",
+            type(calibrator_config).__name__,
+            "None or a TaylorSeerCalibratorConfig",
+        )
+
+
+def _check_against_blocks(spec: CachedListSpec, config: DBCacheConfig) -> None:
+    blocks = len(spec.blocks)
+    front, back = config.Fn_compute_blocks, config.Bn_compute_blocks
+    if front > blocks:
+        raise ConfigError(
+            "Fn_compute_blocks",
+            front,
+            f"at most the {blocks} blocks of '{spec.name}'",
+        )
+    if front + back > blocks:
+        raise ConfigError(
+            "Bn_compute_blocks",
+            back,
+            f"at most {blocks - front} for '{spec.name}' (Fn_compute_blocks={front} + "
+            f"Bn_compute_blocks must not exceed its {blocks} blocks)",
+        )
+    mask, steps = config.steps_computation_mask, config.num_inference_steps
+    if mask is not None and steps is not None and len(mask) < steps:
+        raise ConfigError(
+            "steps_computation_mask",
+            f"{len(mask)} entries",
+            f"at least num_inference_steps={steps} entries",
+        )
+    if mask is not None and config.steps_computation_policy == "static" and mask and mask[0] != 1:
+        raise ConfigError(
+            "steps_computation_mask",
+            "".join(map(str, mask)),
+            "a mask whose first step is 1 with the static policy (there is nothing to reuse yet)",
+        )
+
+
+def _resolve_separate_cfg(config: DBCacheConfig, adapter: BlockAdapter, obj: Any) -> bool:
+    if config.enable_separate_cfg is not None:
+        return bool(config.enable_separate_cfg)
+    if adapter.has_separate_cfg:
+        return True
+    pipe = adapter.pipe if adapter.pipe is not None else (obj if is_pipeline(obj) else None)
+    if pipe is None:
+        return False
+    if BlockAdapterRegister.has_separate_cfg(pipe):
+        return True
+    return type(pipe).__name__.startswith(SEPARATE_CFG_PREFIXES)
+
+
+def _has_hooks(specs: List[CachedListSpec]) -> bool:
+    return any(
+        hasattr(spec.transformer, "_hf_hook") or hasattr(spec.transformer, "_diffusers_hook")
+        for spec in specs
+    )
+
+
+def enable_cache(
+    pipe_or_adapter: Any,
+    cache_config: Optional[DBCacheConfig] = None,
+    calibrator_config: Optional[CalibratorConfig] = None,
+    params_modifiers: Any = None,
+    parallelism_config: Any = None,
+    attention_backend: Optional[str] = None,
+    quantize_config: Any = None,
+    *,
+    process_group: Optional[object] = None,
+    **shorthand: Any,
+) -> Any:
+    """Cache the transformer block lists of a pipeline, a transformer or a ``BlockAdapter``.
+
+    Everything is validated before the model is touched: a failed call leaves it exactly as it was.
+    ``process_group`` (ours) is the group whose ranks must agree on every decision; by default the
+    world group when torch.distributed is initialized.
+    Returns the object that was passed in.
+    """
+    ensure_supported(parallelism_config, quantize_config, attention_backend)
+    cache_config, calibrator_config = _merge_shorthand(cache_config, calibrator_config, shorthand)
+    _check_types(cache_config, calibrator_config)
+    if cache_config.cache_type == CacheType.DBPrune:
+        raise NotSupportedYetError(
+            "cache_type", "DBPrune", what_works="DBCache (cache_type: DBCache)"
+        )
+    if session_of(pipe_or_adapter) is not None:
+        raise DitCacheError(
+            f"caching is already enabled on this {type(pipe_or_adapter).__name__}; "
+            "call disable_cache() first, or refresh_context() to change its settings"
+        )
+    adapter = adapter_for(pipe_or_adapter)
+    specs = resolve_adapter(adapter, has_hooks=False)
+    specs = resolve_adapter(adapter, has_hooks=_has_hooks(specs))
+    modifiers = flatten_modifiers(
+        params_modifiers if params_modifiers is not None else adapter.params_modifiers, len(specs)
+    )
+    configs = [merge_modifier(cache_config, calibrator_config, m) for m in modifiers]
+    for spec, (config, _) in zip(specs, configs):
+        config.validate()
+        _check_against_blocks(spec, config)
+    separate_cfg = _resolve_separate_cfg(cache_config, adapter, pipe_or_adapter)
+    pipeline = pipe_or_adapter if is_pipeline(pipe_or_adapter) else None
+    if pipeline is None and adapter.pipe is not None and is_pipeline(adapter.pipe):
+        pipeline = adapter.pipe
+    session = CacheSession(
+        specs,
+        configs,
+        pipeline=pipeline,
+        separate_cfg=separate_cfg,
+        process_group=process_group,
+    )
+    session.install()
+    logger.info(
+        "dit_cache_backend: caching %d block list(s) of %s in %s mode: %s",
+        len(specs),
+        type(pipe_or_adapter).__name__,
+        "pipeline" if pipeline is not None else "persistent",
+        "; ".join(
+            f"{spec.name} ({len(spec.blocks)} blocks, {spec.pattern.name}, {config.strify()})"
+            for spec, (config, _) in zip(specs, configs)
+        ),
+    )
+    return pipe_or_adapter
+
+
+def disable_cache(pipe_or_adapter: Any) -> Any:
+    """Remove caching: original forward, module tree and ``__call__`` restored exactly."""
+    session = session_of(pipe_or_adapter)
+    if session is None:
+        logger.warning("disable_cache: caching is not enabled on %s", type(pipe_or_adapter).__name__)
+        return pipe_or_adapter
+    session.uninstall()
+    return pipe_or_adapter
+
+
+def refresh_context(transformer: Any, **kwargs: Any) -> Any:
+    """Start every context of ``transformer`` afresh, optionally with changed settings.
+
+    ``kwargs`` holds either ``cache_config`` (+ ``calibrator_config``) or flat fields such as
+    ``num_inference_steps=50``; only the fields given change. ``verbose`` is accepted for
+    compatibility. Works in both persistent and pipeline mode.
+    """
+    session = session_of(transformer)
+    if session is None:
+        raise DitCacheError(
+            f"refresh_context: caching is not enabled on {type(transformer).__name__}; "
+            "call enable_cache() first"
+        )
+    kwargs.pop("verbose", None)
+    cache_override = kwargs.pop("cache_config", None)
+    calibrator_override = kwargs.pop("calibrator_config", None)
+    if cache_override is not None and kwargs:
+        raise ConfigError(
+            next(iter(kwargs)),
+            kwargs[next(iter(kwargs))],
+            "either cache_config/calibrator_config or flat fields, not both",
+        )
+    if kwargs:
+        cache_override, flat_calibrator = load_cache_config(kwargs, reset=True)
+        calibrator_override = flat_calibrator or calibrator_override
+    new_configs = []
+    for spec, context in zip(session.specs, session.contexts.values()):
+        config = context.cache_config.copy()
+        if cache_override is not None:
+            config.update(**cache_override.as_dict())
+        config.validate()
+        _check_against_blocks(spec, config)
+        calibrator = calibrator_override if calibrator_override is not None else context.calibrator_config
+        new_configs.append((config, calibrator))
+    separate_cfg = None
+    if cache_override is not None and cache_override.enable_separate_cfg is not None:
+        separate_cfg = bool(cache_override.enable_separate_cfg)
+    session.reconfigure(new_configs, separate_cfg=separate_cfg)
+    return transformer

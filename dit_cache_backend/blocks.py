@@ -1,0 +1,191 @@
+"""The cached block list: runs the front blocks, asks the policy, then runs or reuses the middle.
+
+During a cached transformer's forward the model's own ``for block in self.blocks:`` loop sees a
+single :class:`CachedBlocks` in place of the whole list, so the model code is untouched. The
+wrapper threads the hidden streams through the real blocks exactly as the model would have
+(same argument names, same positional/keyword style), which keeps computed steps bit-exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from .context import ENCODER_STREAM, HIDDEN_STREAM, CacheContext
+from .patterns import ENCODER, HIDDEN, ForwardPattern
+from .policy import CallIdentity
+
+Tensor = torch.Tensor
+
+
+@dataclasses.dataclass
+class BlockCall:
+    """How the model called the block list: the streams, how they were passed, everything else."""
+
+    pattern: ForwardPattern
+    hidden_arg: str
+    encoder_arg: str
+    hidden: Tensor
+    encoder: Optional[Tensor]
+    hidden_by_keyword: bool
+    encoder_by_keyword: Optional[bool]  # None: the caller did not pass an encoder stream
+    args: Tuple[Any, ...]
+    kwargs: Dict[str, Any]
+
+    @classmethod
+    def capture(
+        cls,
+        pattern: ForwardPattern,
+        args: Tuple[Any, ...],
+        kwargs: Dict[str, Any],
+        hidden_arg: str = HIDDEN,
+        encoder_arg: str = ENCODER,
+    ) -> "BlockCall":
+        args = list(args)
+        kwargs = dict(kwargs)
+        if hidden_arg in kwargs:
+            hidden, hidden_by_keyword = kwargs.pop(hidden_arg), True
+        elif args:
+            hidden, hidden_by_keyword = args.pop(0), False
+        else:
+            raise TypeError(
+                f"cached block list called without '{hidden_arg}' (got keywords {sorted(kwargs)})"
+            )
+        encoder, encoder_by_keyword = None, None
+        if pattern.takes_encoder:
+            if encoder_arg in kwargs:
+                encoder, encoder_by_keyword = kwargs.pop(encoder_arg), True
+            elif args and not hidden_by_keyword:
+                encoder, encoder_by_keyword = args.pop(0), False
+        return cls(
+            pattern=pattern,
+            hidden_arg=hidden_arg,
+            encoder_arg=encoder_arg,
+            hidden=hidden,
+            encoder=encoder,
+            hidden_by_keyword=hidden_by_keyword,
+            encoder_by_keyword=encoder_by_keyword,
+            args=tuple(args),
+            kwargs=kwargs,
+        )
+
+    def run(
+        self, blocks: Sequence[torch.nn.Module], hidden: Tensor, encoder: Optional[Tensor]
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        """Run ``blocks`` in order, threading the streams the way the pattern prescribes."""
+        pattern = self.pattern
+        for block in blocks:
+            positional: List[Any] = []
+            keywords = dict(self.kwargs)
+            if self.hidden_by_keyword:
+                keywords[self.hidden_arg] = hidden
+            else:
+                positional.append(hidden)
+            if pattern.takes_encoder and self.encoder_by_keyword is not None:
+                if self.encoder_by_keyword:
+                    keywords[self.encoder_arg] = encoder
+                else:
+                    positional.append(encoder)
+            positional.extend(self.args)
+            output = block(*positional, **keywords)
+            if pattern.takes_encoder:
+                hidden, encoder = pattern.split_block_output(output, encoder)
+            else:
+                # Patterns 3-5 feed only the hidden stream forward; an encoder output is a result.
+                hidden, encoder = pattern.split_block_output(output, None)
+        return hidden, encoder
+
+
+class CachedBlocks(torch.nn.Module):
+    """One block list run with DBCache: F blocks, decision, M blocks or cache, B blocks."""
+
+    def __init__(
+        self,
+        blocks: Sequence[torch.nn.Module],
+        pattern: ForwardPattern,
+        context: CacheContext,
+        identity: Callable[[], Optional[CallIdentity]],
+        hidden_arg: str = HIDDEN,
+        encoder_arg: str = ENCODER,
+    ) -> None:
+        super().__init__()
+        # A tuple, not a ModuleList: the blocks stay owned by the model's own module tree.
+        self._blocks: Tuple[torch.nn.Module, ...] = tuple(blocks)
+        self.pattern = pattern
+        self.context = context
+        self._identity = identity
+        self.hidden_arg = hidden_arg
+        self.encoder_arg = encoder_arg
+
+    @property
+    def blocks(self) -> Tuple[torch.nn.Module, ...]:
+        return self._blocks
+
+    def _partition(self) -> Tuple[Sequence, Sequence, Sequence]:
+        config = self.context.cache_config
+        front, back = config.Fn_compute_blocks, config.Bn_compute_blocks
+        end = len(self._blocks) - back
+        return self._blocks[:front], self._blocks[front:end], self._blocks[end:]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        call = BlockCall.capture(self.pattern, args, kwargs, self.hidden_arg, self.encoder_arg)
+        front, middle, back = self._partition()
+        context = self.context
+        original = call.hidden
+        hidden, encoder = call.run(front, call.hidden, call.encoder)
+        fn_residual = hidden - original.to(hidden.device)
+        context.begin_call(self._identity())
+        cached, reason, diff = context.decide(fn_residual)
+        if cached:
+            reused = self._reuse(hidden, encoder)
+            if reused is None:
+                cached, reason = False, "nothing_cached"
+            else:
+                context.policy.mark_cached()
+                hidden, encoder = call.run(back, *reused)
+        if not cached:
+            hidden, encoder = self._compute(call, middle, back, hidden, encoder, fn_residual)
+        context.policy.record_decision(cached, reason, diff)
+        return self.pattern.pack_output(hidden, encoder)
+
+    def _compute(
+        self,
+        call: BlockCall,
+        middle: Sequence[torch.nn.Module],
+        back: Sequence[torch.nn.Module],
+        hidden: Tensor,
+        encoder: Optional[Tensor],
+        fn_residual: Tensor,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        context = self.context
+        context.store_fn_residual(fn_residual)
+        front_hidden, front_encoder = hidden, encoder
+        hidden, encoder = call.run(middle, hidden, encoder)
+        hidden = hidden.contiguous()
+        as_states = context.stores_hidden_states
+        context.store_middle(HIDDEN_STREAM, hidden if as_states else hidden - front_hidden)
+        if self.pattern.returns_encoder and encoder is not None and front_encoder is not None:
+            encoder = encoder.contiguous()
+            context.store_middle(
+                ENCODER_STREAM, encoder if as_states else encoder - front_encoder
+            )
+        return call.run(back, hidden, encoder)
+
+    def _reuse(
+        self, hidden: Tensor, encoder: Optional[Tensor]
+    ) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
+        """F output plus the cached middle contribution, or None when nothing usable is cached."""
+        context = self.context
+        as_states = context.stores_hidden_states
+        cached_hidden = context.cached_middle(HIDDEN_STREAM)
+        if cached_hidden is None or cached_hidden.shape != hidden.shape:
+            return None
+        hidden = (cached_hidden if as_states else cached_hidden + hidden).contiguous()
+        if encoder is not None and self.pattern.returns_encoder:
+            cached_encoder = context.cached_middle(ENCODER_STREAM)
+            if cached_encoder is not None and cached_encoder.shape == encoder.shape:
+                encoder = cached_encoder if as_states else cached_encoder + encoder
+            encoder = encoder.contiguous()
+        return hidden, encoder

@@ -1,0 +1,225 @@
+"""Installing caching on a pipeline or transformer, and taking it off again without a trace.
+
+A :class:`CacheSession` owns the contexts of one ``enable_cache`` call. It patches, per instance:
+
+* each cached transformer's ``forward`` — for the duration of a call, the cached block-list
+  attributes hold a single :class:`CachedBlocks` (and "dummy" lists are emptied), then they are put
+  back; outside a forward the module tree and ``state_dict`` are untouched;
+* each transformer's ``cache_context`` (diffusers' CacheMixin) — to learn which CFG branch and step
+  a call belongs to (rule 3);
+* in pipeline mode, the pipeline's ``__call__`` — through a per-instance subclass with the same
+  name, so sibling pipelines of the same class are unaffected — to start every request afresh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+from typing import Any, Dict, Iterator, List, Optional
+
+import torch
+
+from .adapter import CachedListSpec, get_submodule_parent
+from .blocks import CachedBlocks
+from .context import CacheContext
+from .policy import CallIdentity
+
+logger = logging.getLogger(__name__)
+
+SESSION_ATTR = "_dit_cache_session"
+_MISSING = object()
+
+
+@dataclasses.dataclass
+class _InstancePatch:
+    """An instance attribute we replaced, and what was there before (possibly nothing)."""
+
+    owner: Any
+    name: str
+    previous: Any
+
+    def restore(self) -> None:
+        if self.previous is _MISSING:
+            self.owner.__dict__.pop(self.name, None)
+        else:
+            self.owner.__dict__[self.name] = self.previous
+
+
+class CacheSession:
+    """Contexts, wrappers and patches of one enable_cache call."""
+
+    def __init__(
+        self,
+        specs: List[CachedListSpec],
+        configs: List[tuple],
+        *,
+        pipeline: Any = None,
+        separate_cfg: bool,
+        process_group: Optional[object] = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.persistent = pipeline is None
+        self.specs = specs
+        self.separate_cfg = separate_cfg
+        self.identity: Optional[CallIdentity] = None
+        self.contexts: Dict[str, CacheContext] = {}
+        self.wrappers: Dict[str, CachedBlocks] = {}
+        for spec, (cache_config, calibrator_config) in zip(specs, configs):
+            context = CacheContext(
+                spec.name,
+                cache_config,
+                calibrator_config,
+                separate_cfg=separate_cfg,
+                process_group=process_group,
+            )
+            self.contexts[spec.name] = context
+            self.wrappers[spec.name] = CachedBlocks(
+                spec.blocks,
+                spec.pattern,
+                context,
+                self.current_identity,
+                hidden_arg=spec.hidden_arg,
+                encoder_arg=spec.encoder_arg,
+            )
+        self.transformers: List[torch.nn.Module] = list(
+            {id(s.transformer): s.transformer for s in specs}.values()
+        )
+        self._patches: List[_InstancePatch] = []
+        self._pipeline_class: Optional[type] = None
+
+    # -- identity ------------------------------------------------------------------------------
+
+    def current_identity(self) -> Optional[CallIdentity]:
+        return self.identity
+
+    @contextlib.contextmanager
+    def call_identity(self, identity: Optional[CallIdentity]) -> Iterator[None]:
+        """Declare the branch/step of the transformer calls made inside the block."""
+        previous, self.identity = self.identity, identity
+        try:
+            yield
+        finally:
+            self.identity = previous
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    def start_request(self) -> None:
+        """Fresh buffers and counters for every context (a new pipeline call or a refresh)."""
+        for context in self.contexts.values():
+            context.reset()
+
+    def reconfigure(self, configs: List[tuple], *, separate_cfg: Optional[bool] = None) -> None:
+        if separate_cfg is not None:
+            self.separate_cfg = separate_cfg
+        for context, (cache_config, calibrator_config) in zip(self.contexts.values(), configs):
+            context.reconfigure(cache_config, calibrator_config, separate_cfg=separate_cfg)
+
+    # -- install / uninstall -------------------------------------------------------------------
+
+    def install(self) -> None:
+        try:
+            for transformer in self.transformers:
+                self._patch_transformer(transformer)
+                self._set(transformer, SESSION_ATTR, self)
+            if self.pipeline is not None:
+                self._patch_pipeline(self.pipeline)
+                self._set(self.pipeline, SESSION_ATTR, self)
+        except BaseException:
+            self.uninstall()
+            raise
+
+    def uninstall(self) -> None:
+        for patch in reversed(self._patches):
+            patch.restore()
+        self._patches.clear()
+        if self._pipeline_class is not None:
+            self.pipeline.__class__ = self._pipeline_class
+            self._pipeline_class = None
+        for context in self.contexts.values():
+            context.reset()
+
+    def _set(self, owner: Any, name: str, value: Any) -> None:
+        previous = owner.__dict__.get(name, _MISSING)
+        self._patches.append(_InstancePatch(owner, name, previous))
+        owner.__dict__[name] = value
+
+    def _patch_transformer(self, transformer: torch.nn.Module) -> None:
+        specs = [s for s in self.specs if s.transformer is transformer]
+        original_forward = transformer.forward
+        session = self
+
+        @functools.wraps(original_forward)
+        def cached_forward(*args: Any, **kwargs: Any) -> Any:
+            with session._swapped_block_lists(transformer, specs):
+                return original_forward(*args, **kwargs)
+
+        self._set(transformer, "forward", cached_forward)
+        original_cache_context = getattr(transformer, "cache_context", None)
+        if callable(original_cache_context):
+
+            @contextlib.contextmanager
+            def cache_context(name: str, **kwargs: Any) -> Iterator[None]:
+                identity = CallIdentity.from_context_name(name, kwargs.get("step_index"))
+                with original_cache_context(name, **kwargs), session.call_identity(identity):
+                    yield
+
+            self._set(transformer, "cache_context", cache_context)
+
+    @contextlib.contextmanager
+    def _swapped_block_lists(
+        self, transformer: torch.nn.Module, specs: List[CachedListSpec]
+    ) -> Iterator[None]:
+        saved = []
+        try:
+            for spec in specs:
+                parent, leaf = get_submodule_parent(transformer, spec.attr)
+                saved.append((parent, leaf, parent._modules[leaf]))
+                parent._modules[leaf] = torch.nn.ModuleList([self.wrappers[spec.name]])
+                for dummy in spec.dummy_attrs:
+                    d_parent, d_leaf = get_submodule_parent(transformer, dummy)
+                    saved.append((d_parent, d_leaf, d_parent._modules[d_leaf]))
+                    d_parent._modules[d_leaf] = torch.nn.ModuleList()
+            yield
+        finally:
+            for parent, leaf, original in reversed(saved):
+                parent._modules[leaf] = original
+
+    def _patch_pipeline(self, pipeline: Any) -> None:
+        original_class = type(pipeline)
+        session = self
+
+        def __call__(self_: Any, *args: Any, **kwargs: Any) -> Any:
+            session.start_request()
+            return original_class.__call__(self_, *args, **kwargs)
+
+        functools.update_wrapper(__call__, original_class.__call__)
+        # Same name and qualname: framework registries key enablers by type(pipeline).__name__.
+        cached_class = type(
+            original_class.__name__,
+            (original_class,),
+            {"__call__": __call__, "__qualname__": original_class.__qualname__,
+             "__module__": original_class.__module__},
+        )
+        pipeline.__class__ = cached_class
+        self._pipeline_class = original_class
+
+
+def session_of(obj: Any) -> Optional[CacheSession]:
+    """The session installed on a pipeline, transformer or adapter, if any."""
+    if obj is None:
+        return None
+    session = getattr(obj, "__dict__", {}).get(SESSION_ATTR)
+    if session is not None:
+        return session
+    for attr in ("transformer", "pipe"):
+        inner = getattr(obj, attr, None)
+        if isinstance(inner, (list, tuple)):
+            inner = inner[0] if inner else None
+        if inner is not None and inner is not obj:
+            found = getattr(inner, "__dict__", {}).get(SESSION_ATTR)
+            if found is not None:
+                return found
+    return None
+
