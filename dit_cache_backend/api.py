@@ -16,13 +16,12 @@ from .adapter import (
     resolve_adapter,
 )
 from .config import (
-    CacheType,
     CalibratorConfig,
     DBCacheConfig,
     ensure_supported,
     load_cache_config,
 )
-from .errors import ConfigError, DitCacheError, NotSupportedYetError
+from .errors import ConfigError, DitCacheError
 from .session import CacheSession, session_of
 
 logger = logging.getLogger(__name__)
@@ -149,10 +148,6 @@ def enable_cache(
     ensure_supported(parallelism_config, quantize_config, attention_backend)
     cache_config, calibrator_config = _merge_shorthand(cache_config, calibrator_config, shorthand)
     _check_types(cache_config, calibrator_config)
-    if cache_config.cache_type == CacheType.DBPrune:
-        raise NotSupportedYetError(
-            "cache_type", "DBPrune", what_works="DBCache (cache_type: DBCache)"
-        )
     if session_of(pipe_or_adapter) is not None:
         raise DitCacheError(
             f"caching is already enabled on this {type(pipe_or_adapter).__name__}; "

@@ -23,7 +23,9 @@ import torch
 
 from .adapter import CachedListSpec, get_submodule_parent
 from .blocks import CachedBlocks
+from .config import CacheType
 from .context import CacheContext
+from .prune import PruneContext, PrunedBlocks
 from .policy import CallIdentity
 
 logger = logging.getLogger(__name__)
@@ -67,7 +69,8 @@ class CacheSession:
         self.contexts: Dict[str, CacheContext] = {}
         self.wrappers: Dict[str, CachedBlocks] = {}
         for spec, (cache_config, calibrator_config) in zip(specs, configs):
-            context = CacheContext(
+            prune = cache_config.cache_type == CacheType.DBPrune
+            context = (PruneContext if prune else CacheContext)(
                 spec.name,
                 cache_config,
                 calibrator_config,
@@ -75,7 +78,7 @@ class CacheSession:
                 process_group=process_group,
             )
             self.contexts[spec.name] = context
-            self.wrappers[spec.name] = CachedBlocks(
+            self.wrappers[spec.name] = (PrunedBlocks if prune else CachedBlocks)(
                 spec.blocks,
                 spec.pattern,
                 context,
