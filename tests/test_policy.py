@@ -1,0 +1,183 @@
+"""The tensor-free decision policy: counters, call identity, gates and refresh rules."""
+
+from dit_cache_backend.policy import COND, UNCOND, CallIdentity, PolicySettings, StepPolicy
+
+
+def drive(policy: StepPolicy, diffs, identity=None):
+    """Run one call per diff through the gates; returns the cached steps of the cond branch."""
+    for diff in diffs:
+        policy.begin_call(identity)
+        settled = policy.gate()
+        if settled is None:
+            policy.record_diff(diff)
+            cached = policy.accepts(diff)
+        else:
+            cached = settled[0]
+        if cached:
+            policy.mark_cached()
+    return policy.histories[COND].cached_steps
+
+
+def test_warmup_steps_are_never_cached():
+    policy = StepPolicy(PolicySettings(max_warmup_steps=3, threshold=0.5))
+    assert drive(policy, [0.0] * 6) == [3, 4, 5]
+
+
+def test_warmup_interval_leaves_holes_that_may_cache():
+    policy = StepPolicy(PolicySettings(max_warmup_steps=4, warmup_interval=2, threshold=0.5))
+    assert drive(policy, [0.0] * 6) == [1, 3, 4, 5]
+
+
+def test_max_continuous_cached_steps_caps_each_run():
+    policy = StepPolicy(
+        PolicySettings(max_warmup_steps=2, threshold=0.5, max_continuous_cached_steps=2)
+    )
+    assert drive(policy, [0.0] * 12) == [2, 3, 5, 6, 8, 9, 11]
+
+
+def test_max_cached_steps_caps_the_request():
+    policy = StepPolicy(PolicySettings(max_warmup_steps=2, threshold=0.5, max_cached_steps=3))
+    assert drive(policy, [0.0] * 12) == [2, 3, 4]
+
+
+def test_zero_max_continuous_cached_steps_never_caches():
+    policy = StepPolicy(
+        PolicySettings(max_warmup_steps=0, threshold=0.5, max_continuous_cached_steps=0)
+    )
+    assert drive(policy, [0.0] * 5) == []
+
+
+def test_accumulated_diff_limit_stops_caching_once_reached():
+    policy = StepPolicy(
+        PolicySettings(max_warmup_steps=1, threshold=0.5, max_accumulated_diff=0.3)
+    )
+    assert drive(policy, [0.1] * 8) == [1, 2, 3]
+    assert sorted(policy.histories[COND].residual_diffs) == [1, 2, 3]
+
+
+def test_only_the_first_diff_of_a_step_is_recorded():
+    policy = StepPolicy(PolicySettings(max_warmup_steps=0, threshold=0.5))
+    policy.begin_call()
+    policy.record_diff(0.2)
+    policy.record_diff(0.4)
+    assert policy.histories[COND].residual_diffs == {0: 0.2}
+    assert policy.histories[COND].accumulated_diff == 0.2
+
+
+def test_negative_diffs_are_recorded_but_not_accumulated():
+    policy = StepPolicy(PolicySettings(max_warmup_steps=0, threshold=0.5))
+    policy.begin_call()
+    policy.record_diff(-2.0)
+    assert policy.histories[COND].residual_diffs == {0: -2.0}
+    assert policy.histories[COND].accumulated_diff == 0.0
+
+
+def test_mask_one_steps_compute_and_static_mask_zero_steps_cache_without_diff():
+    policy = StepPolicy(
+        PolicySettings(max_warmup_steps=8, threshold=0.08, mask=(1, 1, 1, 0, 0, 1), static_mask=True)
+    )
+    assert drive(policy, [0.9] * 6) == [3, 4]
+    assert policy.histories[COND].residual_diffs == {}
+
+
+def test_mask_limits_warmup_to_its_leading_ones():
+    settings = PolicySettings(max_warmup_steps=8, mask=(1, 1, 0, 1))
+    assert settings.warmup_steps() == frozenset({0, 1})
+
+
+def test_steps_past_the_mask_count_as_cache_candidates():
+    policy = StepPolicy(
+        PolicySettings(max_warmup_steps=0, threshold=0.5, mask=(1, 0), static_mask=True)
+    )
+    assert drive(policy, [0.9] * 4) == [1, 2, 3]
+
+
+def test_threshold_zero_never_reaches_the_diff():
+    policy = StepPolicy(PolicySettings(max_warmup_steps=0, threshold=0.0))
+    policy.begin_call()
+    assert policy.gate() == (False, "threshold_disabled")
+
+
+def test_counted_calls_alternate_branches_under_separate_cfg():
+    policy = StepPolicy(PolicySettings(separate_cfg=True))
+    seen = []
+    for _ in range(6):
+        policy.begin_call()
+        seen.append((policy.step, policy.branch))
+    assert seen == [(0, COND), (0, UNCOND), (1, COND), (1, UNCOND), (2, COND), (2, UNCOND)]
+
+
+def test_cfg_compute_first_makes_the_first_call_of_each_pair_the_cfg_branch():
+    policy = StepPolicy(PolicySettings(separate_cfg=True, cfg_compute_first=True))
+    seen = []
+    for _ in range(4):
+        policy.begin_call()
+        seen.append((policy.step, policy.branch))
+    assert seen == [(0, UNCOND), (0, COND), (1, UNCOND), (1, COND)]
+
+
+def test_named_branches_advance_the_step_when_a_branch_repeats():
+    policy = StepPolicy(PolicySettings(separate_cfg=False))
+    seen = []
+    for name in ["cond", "uncond", "cond", "uncond", "cond"]:
+        policy.begin_call(CallIdentity.from_context_name(name))
+        seen.append((policy.step, policy.branch))
+    assert seen == [(0, COND), (0, UNCOND), (1, COND), (1, UNCOND), (2, COND)]
+
+
+def test_named_cond_only_calls_are_consecutive_steps_even_if_separate_cfg_was_assumed():
+    policy = StepPolicy(PolicySettings(separate_cfg=True))
+    steps = []
+    for _ in range(3):
+        policy.begin_call(CallIdentity.from_context_name("cond"))
+        steps.append((policy.step, policy.branch))
+    assert steps == [(0, COND), (1, COND), (2, COND)]
+
+
+def test_negative_prompt_context_names_are_the_cfg_branch():
+    assert CallIdentity.from_context_name("negative").branch == UNCOND
+    assert CallIdentity.from_context_name("uncond").branch == UNCOND
+    assert CallIdentity.from_context_name("cond").branch == COND
+
+
+def test_explicit_step_index_sets_the_step():
+    policy = StepPolicy(PolicySettings())
+    policy.begin_call(CallIdentity(branch=COND, step=5))
+    assert policy.step == 5
+
+
+def test_refresh_is_due_exactly_when_step_n_would_begin():
+    policy = StepPolicy(PolicySettings(num_inference_steps=3))
+    reasons = []
+    for _ in range(3):
+        reasons.append(policy.refresh_reason(None))
+        policy.begin_call()
+    reasons.append(policy.refresh_reason(None))
+    assert reasons == [None, None, None, "num_inference_steps"]
+
+
+def test_refresh_is_due_when_an_explicit_step_goes_backwards():
+    policy = StepPolicy(PolicySettings())
+    policy.begin_call(CallIdentity(branch=COND, step=0))
+    policy.begin_call(CallIdentity(branch=COND, step=1))
+    assert policy.refresh_reason(CallIdentity(branch=COND, step=0)) == "new_request"
+    assert policy.refresh_reason(CallIdentity(branch=UNCOND, step=1)) is None
+
+
+def test_force_refresh_hint_counts_transformer_calls():
+    policy = StepPolicy(PolicySettings(separate_cfg=True, force_refresh_step_hint=4))
+    for _ in range(3):
+        policy.begin_call()
+    assert policy.refresh_reason(None) is None
+    policy.begin_call()
+    assert policy.refresh_reason(None) == "force_refresh_step_hint"
+
+
+def test_first_call_of_a_request_clears_the_request_history():
+    policy = StepPolicy(PolicySettings(max_warmup_steps=0, threshold=0.5))
+    drive(policy, [0.0, 0.0])
+    fresh = StepPolicy(policy.settings)
+    fresh.carry_totals_from(policy)
+    fresh.begin_call()
+    assert fresh.histories[COND].cached_steps == []
+    assert fresh.histories[COND].accumulated_cached_steps == 2
