@@ -159,11 +159,13 @@ def enable_cache(
     modifiers = flatten_modifiers(
         params_modifiers if params_modifiers is not None else adapter.params_modifiers, len(specs)
     )
+    separate_cfg = _resolve_separate_cfg(cache_config, adapter, pipe_or_adapter)
     configs = [merge_modifier(cache_config, calibrator_config, m) for m in modifiers]
     for spec, (config, _) in zip(specs, configs):
+        # Our copies record the resolved value (cache-dit writes it into the user's object).
+        config.enable_separate_cfg = separate_cfg
         config.validate()
         _check_against_blocks(spec, config)
-    separate_cfg = _resolve_separate_cfg(cache_config, adapter, pipe_or_adapter)
     pipeline = pipe_or_adapter if is_pipeline(pipe_or_adapter) else None
     if pipeline is None and adapter.pipe is not None and is_pipeline(adapter.pipe):
         pipeline = adapter.pipe
@@ -202,8 +204,9 @@ def refresh_context(transformer: Any, **kwargs: Any) -> Any:
     """Start every context of ``transformer`` afresh, optionally with changed settings.
 
     ``kwargs`` holds either ``cache_config`` (+ ``calibrator_config``) or flat fields such as
-    ``num_inference_steps=50``; only the fields given change. ``verbose`` is accepted for
-    compatibility. Works in both persistent and pipeline mode.
+    ``num_inference_steps=50``; only the fields given change, and a flat field given as ``None``
+    is cleared (``num_inference_steps=None``: the next request's length is unknown). ``verbose`` is
+    accepted for compatibility. Works in both persistent and pipeline mode.
     """
     session = session_of(transformer)
     if session is None:
@@ -220,6 +223,7 @@ def refresh_context(transformer: Any, **kwargs: Any) -> Any:
             kwargs[next(iter(kwargs))],
             "either cache_config/calibrator_config or flat fields, not both",
         )
+    cleared = [key for key, value in kwargs.items() if value is None]
     if kwargs:
         cache_override, flat_calibrator = load_cache_config(kwargs, reset=True)
         calibrator_override = flat_calibrator or calibrator_override
@@ -228,6 +232,8 @@ def refresh_context(transformer: Any, **kwargs: Any) -> Any:
         config = context.cache_config.copy()
         if cache_override is not None:
             config.update(**cache_override.as_dict())
+        for key in cleared:
+            setattr(config, key, None)
         config.validate()
         _check_against_blocks(spec, config)
         calibrator = calibrator_override if calibrator_override is not None else context.calibrator_config

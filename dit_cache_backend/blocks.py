@@ -166,7 +166,11 @@ class CachedBlocks(torch.nn.Module):
         hidden = hidden.contiguous()
         as_states = context.stores_hidden_states
         context.store_middle(HIDDEN_STREAM, hidden if as_states else hidden - front_hidden)
-        if self.pattern.returns_encoder and encoder is not None and front_encoder is not None:
+        if (
+            self.pattern.returns_encoder
+            and isinstance(encoder, torch.Tensor)
+            and isinstance(front_encoder, torch.Tensor)
+        ):
             encoder = encoder.contiguous()
             context.store_middle(
                 ENCODER_STREAM, encoder if as_states else encoder - front_encoder
@@ -183,7 +187,8 @@ class CachedBlocks(torch.nn.Module):
         if cached_hidden is None or cached_hidden.shape != hidden.shape:
             return None
         hidden = (cached_hidden if as_states else cached_hidden + hidden).contiguous()
-        if encoder is not None and self.pattern.returns_encoder:
+        # The encoder slot may carry a non-tensor (BAGEL threads its KV cache there): pass it on.
+        if isinstance(encoder, torch.Tensor) and self.pattern.returns_encoder:
             cached_encoder = context.cached_middle(ENCODER_STREAM)
             if cached_encoder is not None and cached_encoder.shape == encoder.shape:
                 encoder = cached_encoder if as_states else cached_encoder + encoder
