@@ -1,0 +1,130 @@
+"""Serving frameworks' flat cache settings, translated into our config objects.
+
+vLLM-Omni passes a ``DiffusionCacheConfig`` (or the dict it was built from): one flat namespace
+shared by every cache backend, with cache-dit's keys, SCM as a policy name resolved per request,
+and unknown keys collected in ``_extra_params``. :class:`FrameworkCacheConfig` is that namespace,
+validated, with the DBCache and TaylorSeer parts as our own config objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Mapping, Optional
+
+from .config import DBCacheConfig, TaylorSeerCalibratorConfig
+from .errors import ConfigError, UnknownKeyError
+
+# vLLM-Omni 0.30's DiffusionCacheConfig defaults for the cache-dit backend.
+VLLM_OMNI_DEFAULTS: Dict[str, Any] = {
+    "Fn_compute_blocks": 1,
+    "Bn_compute_blocks": 0,
+    "max_warmup_steps": 4,
+    "max_cached_steps": -1,
+    "residual_diff_threshold": 0.24,
+    "max_continuous_cached_steps": 3,
+    "enable_taylorseer": False,
+    "taylorseer_order": 1,
+    "scm_steps_mask_policy": None,
+    "scm_steps_policy": "dynamic",
+    "num_inference_steps": None,
+    "force_refresh_step_hint": None,
+    "force_refresh_step_policy": "once",
+}
+
+# DiffusionCacheConfig fields that configure the framework's *other* backends; they are always
+# present on the object and mean nothing to DBCache.
+OTHER_BACKEND_KEYS = frozenset(
+    {
+        "rel_l1_thresh",
+        "coefficients",
+        "sea_threshold",
+        "sea_residual_order",
+        "sea_max_consecutive_cached",
+        "sea_power_exp",
+        "mag_threshold",
+        "mag_max_skip_steps",
+        "mag_retention_ratio",
+        "mag_ratios",
+        "mag_calibrate",
+        "step_cache_dit_enabled",
+        "velocity_sim_thresholds",
+        "velocity_skip_countdowns",
+        "step_cache_dit_min_history",
+        "step_cache_dit_max_history",
+    }
+)
+
+CALIBRATOR_KEYS = frozenset(
+    {"enable_taylorseer", "taylorseer_order", "enable_encoder_taylorseer", "taylorseer_cache_type"}
+)
+SCM_KEYS = frozenset({"scm_steps_mask_policy", "scm_steps_policy"})
+MASK_POLICIES = ("slow", "medium", "fast", "ultra")
+
+
+@dataclasses.dataclass
+class FrameworkCacheConfig:
+    """What a serving framework asked for, as DBCache + calibrator configs + a per-request SCM policy."""
+
+    cache_config: DBCacheConfig
+    calibrator_config: Optional[TaylorSeerCalibratorConfig] = None
+    scm_steps_mask_policy: Optional[str] = None
+    scm_steps_policy: str = "dynamic"
+
+    @classmethod
+    def from_flat(cls, values: Mapping[str, Any]) -> "FrameworkCacheConfig":
+        """Build from a flat mapping; absent keys take vLLM-Omni's cache-dit defaults."""
+        merged = {**VLLM_OMNI_DEFAULTS, **{k: v for k, v in values.items() if k not in OTHER_BACKEND_KEYS}}
+        cache_fields = {f.name for f in dataclasses.fields(DBCacheConfig)}
+        valid = cache_fields | CALIBRATOR_KEYS | SCM_KEYS | {"enable_sperate_cfg"}
+        for key in merged:
+            if key not in valid:
+                raise UnknownKeyError(key, valid, section="cache_config")
+        policy = merged.pop("scm_steps_mask_policy")
+        if policy is not None and policy not in MASK_POLICIES:
+            raise ConfigError(
+                "scm_steps_mask_policy", policy, "None or one of " + ", ".join(MASK_POLICIES)
+            )
+        steps_policy = merged.pop("scm_steps_policy")
+        if steps_policy not in ("dynamic", "static"):
+            raise ConfigError("scm_steps_policy", steps_policy, "'dynamic' or 'static'")
+        calibrator = None
+        enable = merged.pop("enable_taylorseer")
+        order = merged.pop("taylorseer_order")
+        encoder = merged.pop("enable_encoder_taylorseer", False)
+        cache_type = merged.pop("taylorseer_cache_type", "residual")
+        if enable:
+            calibrator = TaylorSeerCalibratorConfig(
+                enable_calibrator=True,
+                enable_encoder_calibrator=bool(encoder),
+                calibrator_cache_type=cache_type,
+                taylorseer_order=order,
+            )
+        cache_config = DBCacheConfig().update(**merged)
+        return cls(cache_config, calibrator, policy, steps_policy)
+
+    @classmethod
+    def from_any(cls, config: Any) -> "FrameworkCacheConfig":
+        """Accept None, a flat dict, our configs, or a framework config object with attributes."""
+        if config is None:
+            return cls.from_flat({})
+        if isinstance(config, FrameworkCacheConfig):
+            return config
+        if isinstance(config, DBCacheConfig):
+            return cls(config.copy())
+        if isinstance(config, Mapping):
+            return cls.from_flat(config)
+        return cls.from_flat(flat_attributes(config))
+
+
+def flat_attributes(config: Any) -> Dict[str, Any]:
+    """The public fields of a framework config object, plus its ``_extra_params`` (vLLM-Omni)."""
+    if dataclasses.is_dataclass(config):
+        values = {
+            f.name: getattr(config, f.name)
+            for f in dataclasses.fields(config)
+            if not f.name.startswith("_")
+        }
+    else:
+        values = {k: v for k, v in vars(config).items() if not k.startswith("_")}
+    values.update(getattr(config, "_extra_params", None) or {})
+    return values
