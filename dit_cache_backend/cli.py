@@ -27,15 +27,6 @@ def _resolve_config(name_or_path: str) -> Path:
 # -- demo -------------------------------------------------------------------------------------
 
 
-def _timed(run: Callable[[], torch.Tensor], repeats: int) -> tuple:
-    times, output = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        output = run()
-        times.append(time.perf_counter() - start)
-    return output, statistics.median(times)
-
-
 def _latents_to_images(latents: torch.Tensor) -> torch.Tensor:
     """Packed (B, 64, 4) latents of the tiny model → (B, 16, 16) single-channel images."""
     batch, tokens, channels = latents.shape
@@ -70,52 +61,75 @@ def _write_side_by_side(path: Path, rows: Dict[str, torch.Tensor], scale: int = 
     canvas.save(path)
 
 
+def _demo_inputs(classes: List[int], steps: int) -> Dict[str, Any]:
+    """One batched pipeline call that samples every class in ``classes``."""
+    from .tiny_model import tiny_flux_class_embeddings, tiny_flux_inputs
+
+    inputs = tiny_flux_inputs(classes[0], batch_size=len(classes), num_inference_steps=steps)
+    prompt_embeds, pooled = tiny_flux_class_embeddings()
+    inputs["prompt_embeds"] = prompt_embeds[classes].contiguous()
+    inputs["pooled_prompt_embeds"] = pooled[classes].contiguous()
+    return inputs
+
+
 def _demo(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from . import disable_cache, enable_cache, load_configs, summary
     from .metrics import max_abs_error, psnr
-    from .tiny_model import NUM_CLASSES, tiny_flux_inputs, tiny_flux_pipeline
+    from .tiny_model import NUM_CLASSES, tiny_flux_pipeline
 
     torch.set_num_threads(args.threads)
     classes = list(range(min(args.classes, NUM_CLASSES)))
     pipe = tiny_flux_pipeline()
-    pipe.set_progress_bar_config(disable=False, leave=False, desc="denoising")
+    configs = {name: load_configs(_resolve_config(name)) for name in args.preset}
 
     def generate() -> torch.Tensor:
         with torch.no_grad():
-            return torch.cat(
-                [pipe(**tiny_flux_inputs(c, num_inference_steps=args.steps)).images for c in classes]
-            )
+            return pipe(**_demo_inputs(classes, args.steps)).images
 
-    generate()  # warm-up: first calls pay for allocations
-    baseline, baseline_time = _timed(generate, args.repeats)
+    generate()  # warm-up: the first call pays for allocations
+    names = ["uncached", *configs]
+    times: Dict[str, List[float]] = {name: [] for name in names}
+    outputs: Dict[str, torch.Tensor] = {}
+    computed: Dict[str, int] = {"uncached": args.steps}
+    # Interleaved repeats: every config sees the same machine load, so the ratios are fair.
+    with tqdm(total=args.repeats * len(names), desc="dit-cache demo", unit="run") as progress:
+        for _ in range(args.repeats):
+            for name in names:
+                if name != "uncached":
+                    enable_cache(pipe, **configs[name])
+                try:
+                    start = time.perf_counter()
+                    outputs[name] = generate()
+                    times[name].append(time.perf_counter() - start)
+                    if name != "uncached":
+                        computed[name] = args.steps - len(summary(pipe, logging=False)[0].cached_steps)
+                finally:
+                    if name != "uncached":
+                        disable_cache(pipe)
+                progress.update()
+    baseline = outputs["uncached"]
     data_range = (baseline.max() - baseline.min()).item()
-    rows: Dict[str, torch.Tensor] = {"uncached": baseline}
-    table: List[tuple] = [("uncached", f"{args.steps}/{args.steps}", "1.00x", "inf", "0")]
-    for preset in args.preset:
-        enable_cache(pipe, **load_configs(_resolve_config(preset)))
-        try:
-            cached, cached_time = _timed(generate, args.repeats)
-            stats = summary(pipe, logging=False)[0]
-        finally:
-            disable_cache(pipe)
-        computed = args.steps - len(stats.cached_steps)  # of the last class's request
-        rows[preset] = cached
+    base_time = statistics.median(times["uncached"])
+    header = ("config", "computed steps", "speedup", "PSNR dB", "max |err|")
+    table = [header]
+    for name in names:
         table.append(
             (
-                preset,
-                f"{computed}/{args.steps}",
-                f"{baseline_time / cached_time:.2f}x",
-                f"{psnr(baseline, cached, data_range):.1f}",
-                f"{max_abs_error(baseline, cached):.3g}",
+                name,
+                f"{computed[name]}/{args.steps}",
+                f"{base_time / statistics.median(times[name]):.2f}x",
+                f"{psnr(baseline, outputs[name], data_range):.1f}",
+                f"{max_abs_error(baseline, outputs[name]):.3g}",
             )
         )
-    header = ("config", "computed steps", "speedup", "PSNR dB", "max |err|")
-    widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header))]
-    for row in [header, *table]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
     out = Path(args.out)
-    _write_side_by_side(out, rows)
-    print(f"side-by-side image: {out.resolve()}")
+    _write_side_by_side(out, outputs)
+    print(f"side-by-side image ({len(classes)} classes; rows: {', '.join(names)}): {out.resolve()}")
     return 0
 
 
@@ -166,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--steps", type=int, default=28)
     demo.add_argument("--classes", type=int, default=4, help="how many of the 8 classes to sample")
-    demo.add_argument("--repeats", type=int, default=3, help="timed runs per config (median)")
+    demo.add_argument("--repeats", type=int, default=5, help="timed runs per config (median)")
     demo.add_argument("--threads", type=int, default=2)
     demo.add_argument("--out", default="dit_cache_demo.png")
     demo.set_defaults(handler=_demo)
