@@ -2,9 +2,9 @@
 
 A :class:`CacheSession` owns the contexts of one ``enable_cache`` call. It patches, per instance:
 
-* each cached transformer's ``forward`` — for the duration of a call, the cached block-list
-  attributes hold a single :class:`CachedBlocks` (and "dummy" lists are emptied), then they are put
-  back; outside a forward the module tree and ``state_dict`` are untouched;
+* each cached transformer's ``forward`` — for the duration of a call, iterating a cached block
+  list yields a single :class:`CachedBlocks` (and "dummy" lists yield nothing); the registered
+  children never change, so the module tree and ``state_dict`` are untouched even mid-forward;
 * each transformer's ``cache_context`` (diffusers' CacheMixin) — to learn which CFG branch and step
   a call belongs to (rule 3);
 * in pipeline mode, the pipeline's ``__call__`` — through a per-instance subclass with the same
@@ -174,20 +174,16 @@ class CacheSession:
     def _swapped_block_lists(
         self, transformer: torch.nn.Module, specs: List[CachedListSpec]
     ) -> Iterator[None]:
-        saved = []
+        viewed: List[torch.nn.ModuleList] = []
         try:
             for spec in specs:
-                parent, leaf = get_submodule_parent(transformer, spec.attr)
-                saved.append((parent, leaf, parent._modules[leaf]))
-                parent._modules[leaf] = torch.nn.ModuleList([self.wrappers[spec.name]])
+                viewed.append(_show(transformer, spec.attr, (self.wrappers[spec.name],)))
                 for dummy in spec.dummy_attrs:
-                    d_parent, d_leaf = get_submodule_parent(transformer, dummy)
-                    saved.append((d_parent, d_leaf, d_parent._modules[d_leaf]))
-                    d_parent._modules[d_leaf] = torch.nn.ModuleList()
+                    viewed.append(_show(transformer, dummy, ()))
             yield
         finally:
-            for parent, leaf, original in reversed(saved):
-                parent._modules[leaf] = original
+            for block_list in reversed(viewed):
+                _unshow(block_list)
 
     def _patch_pipeline(self, pipeline: Any) -> None:
         original_class = type(pipeline)
@@ -207,6 +203,45 @@ class CacheSession:
         )
         pipeline.__class__ = cached_class
         self._pipeline_class = original_class
+
+
+class _BlockListView(torch.nn.ModuleList):
+    """A ModuleList that, while a cached forward runs, presents other modules to its iterator.
+
+    Only iteration, ``len`` and indexing change — the registered children (``_modules``) do not —
+    so ``state_dict()``, ``named_modules()`` and hooks see the model's real tree even mid-forward.
+    """
+
+    def __iter__(self) -> Iterator[torch.nn.Module]:
+        return iter(self.__dict__["_dit_cache_view"])
+
+    def __len__(self) -> int:
+        return len(self.__dict__["_dit_cache_view"])
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.__dict__["_dit_cache_view"][index]
+
+
+@functools.lru_cache(maxsize=None)
+def _view_class(list_class: type) -> type:
+    """The view class for a ModuleList (sub)class, made once per class."""
+    if list_class is torch.nn.ModuleList:
+        return _BlockListView
+    return type(list_class.__name__, (_BlockListView, list_class), {})
+
+
+def _show(transformer: torch.nn.Module, path: str, view: tuple) -> torch.nn.ModuleList:
+    parent, leaf = get_submodule_parent(transformer, path)
+    block_list = parent._modules[leaf]
+    block_list.__dict__["_dit_cache_view"] = view
+    block_list.__dict__["_dit_cache_class"] = type(block_list)
+    block_list.__class__ = _view_class(type(block_list))
+    return block_list
+
+
+def _unshow(block_list: torch.nn.ModuleList) -> None:
+    block_list.__class__ = block_list.__dict__.pop("_dit_cache_class")
+    block_list.__dict__.pop("_dit_cache_view", None)
 
 
 def session_of(obj: Any) -> Optional[CacheSession]:
