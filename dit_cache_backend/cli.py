@@ -7,7 +7,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -149,7 +149,6 @@ def _mask(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     from .config import load_configs
-    from .stats import strify
 
     options = load_configs(_resolve_config(args.config))
     cache_config = options["cache_config"]

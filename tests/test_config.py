@@ -32,7 +32,6 @@ from dit_cache_backend.errors import (
     ConfigError,
     NotSupportedYetError,
     UnknownKeyError,
-    UnsupportedStepCountError,
 )
 
 CONFIGS = Path(__file__).parent / "data" / "configs"
