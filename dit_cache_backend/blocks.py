@@ -132,39 +132,51 @@ class CachedBlocks(torch.nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         call = BlockCall.capture(self.pattern, args, kwargs, self.hidden_arg, self.encoder_arg)
         front, middle, back = self._partition()
-        context = self.context
         original = call.hidden
         hidden, encoder = call.run(front, call.hidden, call.encoder)
         fn_residual = hidden - original.to(hidden.device)
-        context.begin_call(self._identity())
-        cached, reason, diff = context.decide(fn_residual)
-        if cached:
-            reused = self._reuse(hidden, encoder)
-            if reused is None:
-                cached, reason = False, "nothing_cached"
-            else:
-                context.policy.mark_cached()
-                hidden, encoder = call.run(back, *reused)
-        if not cached:
-            hidden, encoder = self._compute(call, middle, back, hidden, encoder, fn_residual)
-        context.policy.record_decision(cached, reason, diff)
+        reused = self._decide(fn_residual, hidden, encoder)
+        if reused is not None:
+            hidden, encoder = call.run(back, *reused)
+        else:
+            self.context.store_fn_residual(fn_residual)
+            front_hidden, front_encoder = hidden, encoder
+            hidden, encoder = call.run(middle, hidden, encoder)
+            self._store_middle(hidden, encoder, front_hidden, front_encoder)
+            hidden, encoder = call.run(back, hidden, encoder)
         return self.pattern.pack_output(hidden, encoder)
 
-    def _compute(
+    # Decision and bookkeeping are plain Python over counters; compiled graphs must neither trace
+    # them (integer attributes would become guards and recompile every step) nor depend on them.
+
+    @torch.compiler.disable
+    def _decide(
+        self, fn_residual: Tensor, hidden: Tensor, encoder: Optional[Tensor]
+    ) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
+        """Counters, gates and diff for this call; the reconstructed F output when it is cached."""
+        context = self.context
+        context.begin_call(self._identity())
+        cached, reason, diff = context.decide(fn_residual)
+        reused = self._reuse(hidden, encoder) if cached else None
+        if cached and reused is None:
+            cached, reason = False, "nothing_cached"
+        if cached:
+            context.policy.mark_cached()
+        context.policy.record_decision(cached, reason, diff)
+        return reused
+
+    @torch.compiler.disable
+    def _store_middle(
         self,
-        call: BlockCall,
-        middle: Sequence[torch.nn.Module],
-        back: Sequence[torch.nn.Module],
         hidden: Tensor,
         encoder: Optional[Tensor],
-        fn_residual: Tensor,
-    ) -> Tuple[Tensor, Optional[Tensor]]:
+        front_hidden: Tensor,
+        front_encoder: Optional[Tensor],
+    ) -> None:
+        """Keep the middle blocks' contribution of this computed step for later cached steps."""
         context = self.context
-        context.store_fn_residual(fn_residual)
-        front_hidden, front_encoder = hidden, encoder
-        hidden, encoder = call.run(middle, hidden, encoder)
-        hidden = hidden.contiguous()
         as_states = context.stores_hidden_states
+        hidden = hidden.contiguous()
         context.store_middle(HIDDEN_STREAM, hidden if as_states else hidden - front_hidden)
         if (
             self.pattern.returns_encoder
@@ -175,7 +187,6 @@ class CachedBlocks(torch.nn.Module):
             context.store_middle(
                 ENCODER_STREAM, encoder if as_states else encoder - front_encoder
             )
-        return call.run(back, hidden, encoder)
 
     def _reuse(
         self, hidden: Tensor, encoder: Optional[Tensor]

@@ -230,6 +230,7 @@ def _view_class(list_class: type) -> type:
     return type(list_class.__name__, (_BlockListView, list_class), {})
 
 
+@torch.compiler.disable
 def _show(transformer: torch.nn.Module, path: str, view: tuple) -> torch.nn.ModuleList:
     parent, leaf = get_submodule_parent(transformer, path)
     block_list = parent._modules[leaf]
@@ -239,6 +240,7 @@ def _show(transformer: torch.nn.Module, path: str, view: tuple) -> torch.nn.Modu
     return block_list
 
 
+@torch.compiler.disable
 def _unshow(block_list: torch.nn.ModuleList) -> None:
     block_list.__class__ = block_list.__dict__.pop("_dit_cache_class")
     block_list.__dict__.pop("_dit_cache_view", None)
