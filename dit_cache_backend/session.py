@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 
@@ -47,6 +47,26 @@ class _InstancePatch:
             self.owner.__dict__.pop(self.name, None)
         else:
             self.owner.__dict__[self.name] = self.previous
+
+
+@dataclasses.dataclass
+class _ForwardPatch:
+    """Our wrapper of a transformer's ``forward``, which later hooks may have wrapped in turn."""
+
+    owner: torch.nn.Module
+    previous: Any
+    wrapped: Callable[..., Any]
+    ours: Callable[..., Any]
+
+    def restore(self) -> None:
+        current = self.owner.__dict__
+        if current.get("forward") is self.ours:
+            _InstancePatch(self.owner, "forward", self.previous).restore()
+        elif current.get("_old_forward") is self.ours:
+            # accelerate's add_hook_to_module wrapped us after enabling: splice ourselves out.
+            current["_old_forward"] = self.wrapped
+        # Otherwise another wrapper (e.g. a diffusers hook registry) holds us in its chain; the
+        # session is inactive from now on, so our wrapper just passes calls through.
 
 
 class CacheSession:
@@ -89,8 +109,9 @@ class CacheSession:
         self.transformers: List[torch.nn.Module] = list(
             {id(s.transformer): s.transformer for s in specs}.values()
         )
-        self._patches: List[_InstancePatch] = []
+        self._patches: List[Any] = []
         self._pipeline_class: Optional[type] = None
+        self.active = False
 
     # -- identity ------------------------------------------------------------------------------
 
@@ -122,6 +143,7 @@ class CacheSession:
     # -- install / uninstall -------------------------------------------------------------------
 
     def install(self) -> None:
+        self.active = True
         try:
             for transformer in self.transformers:
                 self._patch_transformer(transformer)
@@ -134,6 +156,7 @@ class CacheSession:
             raise
 
     def uninstall(self) -> None:
+        self.active = False
         for patch in reversed(self._patches):
             patch.restore()
         self._patches.clear()
@@ -155,10 +178,14 @@ class CacheSession:
 
         @functools.wraps(original_forward)
         def cached_forward(*args: Any, **kwargs: Any) -> Any:
+            if not session.active:
+                return original_forward(*args, **kwargs)
             with session._swapped_block_lists(transformer, specs):
                 return original_forward(*args, **kwargs)
 
-        self._set(transformer, "forward", cached_forward)
+        previous = transformer.__dict__.get("forward", _MISSING)
+        self._patches.append(_ForwardPatch(transformer, previous, original_forward, cached_forward))
+        transformer.__dict__["forward"] = cached_forward
         original_cache_context = getattr(transformer, "cache_context", None)
         if callable(original_cache_context):
 
