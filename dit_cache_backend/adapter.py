@@ -189,10 +189,14 @@ def _as_list(value: Any) -> List[Any]:
 
 
 def _is_block_list(value: Any) -> bool:
+    # A plain list of ModuleLists is several block lists, not one list whose blocks are lists.
     return isinstance(value, torch.nn.ModuleList) or (
         isinstance(value, (list, tuple))
         and bool(value)
-        and all(isinstance(item, torch.nn.Module) for item in value)
+        and all(
+            isinstance(item, torch.nn.Module) and not isinstance(item, torch.nn.ModuleList)
+            for item in value
+        )
     )
 
 
@@ -367,7 +371,9 @@ def adapter_for(obj: Any) -> BlockAdapter:
     """The adapter for a pipeline, a transformer or an explicit adapter; clear error otherwise."""
     if isinstance(obj, BlockAdapter):
         return obj
-    adapter = BlockAdapterRegister.get_adapter(obj)
+    from .inference import infer_adapter  # here: inference.py imports this module
+
+    adapter = BlockAdapterRegister.get_adapter(obj) or infer_adapter(obj)
     if adapter is not None:
         return adapter
     kind = "pipeline" if is_pipeline(obj) else "model"
