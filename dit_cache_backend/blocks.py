@@ -123,6 +123,18 @@ class CachedBlocks(torch.nn.Module):
     def blocks(self) -> Tuple[torch.nn.Module, ...]:
         return self._blocks
 
+    def __getattr__(self, name: str) -> Any:
+        # While a forward runs, `transformer.blocks[0]` is this wrapper; models that read a block's
+        # attributes there (DiT: `transformer_blocks[0].norm1.emb`, SD3: `block.context_pre_only`)
+        # get the first real block's.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            blocks = self.__dict__.get("_blocks")
+            if not blocks:
+                raise
+            return getattr(blocks[0], name)
+
     def _partition(self) -> Tuple[Sequence, Sequence, Sequence]:
         config = self.context.cache_config
         front, back = config.Fn_compute_blocks, config.Bn_compute_blocks

@@ -111,6 +111,7 @@ class StepPolicy:
         self.histories: Dict[str, BranchHistory] = {b: BranchHistory() for b in BRANCHES}
         self.decisions: List[Decision] = []
         self._branches_in_step: set = set()
+        self._last_step_index: Optional[int] = None
 
     # -- call identity -------------------------------------------------------------------------
 
@@ -130,9 +131,11 @@ class StepPolicy:
             if identity is not None and identity.step is not None:
                 return branch, identity.step
             return branch, (self.executed_steps if advances else self.step)
-        if identity.step is not None:
-            return identity.branch, identity.step
         new_step = self.step < 0 or identity.branch in self._branches_in_step
+        if identity.step is not None:
+            # The caller's step index marks step boundaries, but each context counts its own steps:
+            # Wan 2.2's low-noise expert first sees step_index 30, and starts (with warmup) at 0.
+            new_step = new_step or identity.step != self._last_step_index
         return identity.branch, (self.step + 1 if new_step else self.step)
 
     def refresh_reason(self, identity: Optional[CallIdentity]) -> Optional[str]:
@@ -147,8 +150,11 @@ class StepPolicy:
         limit = self.settings.num_inference_steps
         if limit is not None and step >= limit:
             return "num_inference_steps"
-        if identity is not None and identity.step is not None:
-            if step < self.step or (step == self.step and branch in self._branches_in_step):
+        if identity is not None and identity.step is not None and self._last_step_index is not None:
+            index = identity.step
+            if index < self._last_step_index or (
+                index == self._last_step_index and branch in self._branches_in_step
+            ):
                 return "new_request"
         hint = self.settings.force_refresh_step_hint
         if hint is not None and self.transformer_step == hint - 1:
@@ -170,7 +176,7 @@ class StepPolicy:
             self.accumulated_executed_steps += 1
             self._branches_in_step = set()
         if identity is not None and identity.step is not None:
-            self.executed_steps = step + 1
+            self._last_step_index = identity.step
         self.step = step
         self.branch = branch
         self._branches_in_step.add(branch)

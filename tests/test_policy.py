@@ -140,10 +140,13 @@ def test_negative_prompt_context_names_are_the_cfg_branch():
     assert CallIdentity.from_context_name("cond").branch == COND
 
 
-def test_explicit_step_index_sets_the_step():
+def test_each_context_counts_its_own_steps_from_the_first_step_index_it_sees():
     policy = StepPolicy(PolicySettings())
-    policy.begin_call(CallIdentity(branch=COND, step=5))
-    assert policy.step == 5
+    steps = []
+    for index, name in [(5, "cond"), (5, "uncond"), (6, "cond"), (6, "uncond"), (9, "cond")]:
+        policy.begin_call(CallIdentity.from_context_name(name, index))
+        steps.append((policy.step, policy.branch))
+    assert steps == [(0, COND), (0, UNCOND), (1, COND), (1, UNCOND), (2, COND)]
 
 
 def test_refresh_is_due_exactly_when_step_n_would_begin():
