@@ -194,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a cache-dit style YAML/JSON config")
     check.add_argument("config", help="a file path or a preset name")
     check.set_defaults(handler=_check_config)
+
+    from .bench import add_bench_parser
+
+    add_bench_parser(sub)  # dit-cache bench (dit_cache_backend/bench.py)
     return parser
 
 
