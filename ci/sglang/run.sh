@@ -40,6 +40,6 @@ fi
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 export TINY_FLUX="$WORK/tiny-flux"
-"$PY" tests/integration/sglang/build_tiny_flux.py "$TINY_FLUX" >/dev/null 2>&1
+"$PY" tests/integration/build_tiny_flux.py "$TINY_FLUX" >/dev/null 2>&1
 
 "$PY" -m pytest -q tests/integration/sglang -p no:cacheprovider "$@"

@@ -55,7 +55,7 @@ fi
 
 TINY=$(mktemp -d)/tiny-flux
 trap 'rm -rf "$(dirname "$TINY")"' EXIT
-"$PY" tests/integration/vllm_omni/build_tiny_flux.py "$TINY"
+"$PY" tests/integration/build_tiny_flux.py "$TINY"
 
 export DIT_CACHE_TEST_OMNI_CPU_PLATFORM=1 DIT_CACHE_TINY_FLUX="$TINY"
 # shellcheck disable=SC2086  # PYTEST_ARGS is a word list on purpose

@@ -23,7 +23,7 @@ def tiny_flux(tmp_path_factory: pytest.TempPathFactory) -> str:
     if existing and (Path(existing) / "model_index.json").exists():
         return existing
     target = tmp_path_factory.mktemp("model") / "tiny-flux"
-    subprocess.run([sys.executable, str(HERE / "build_tiny_flux.py"), str(target)], check=True)
+    subprocess.run([sys.executable, str(HERE.parent / "build_tiny_flux.py"), str(target)], check=True)
     return str(target)
 
 

@@ -31,7 +31,7 @@ def tiny_flux(tmp_path_factory: pytest.TempPathFactory) -> str:
     given = os.environ.get("DIT_CACHE_TINY_FLUX")
     if given:
         return given
-    sys.path.insert(0, str(HERE))
+    sys.path.insert(0, str(HERE.parent))
     from build_tiny_flux import build
 
     out = str(tmp_path_factory.mktemp("tiny") / "flux")

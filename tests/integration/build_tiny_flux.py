@@ -1,9 +1,10 @@
 """Build a tiny, random, diffusers-format FluxPipeline directory fully offline (~1 MB, ~10 s).
 
-Usage: ``python build_tiny_flux.py OUTDIR``. The same directory loads in diffusers' ``FluxPipeline``
-and in SGLang's native Flux pipeline (``--model-id FLUX.1-dev --model-path OUTDIR``). Tokenizers
-are built from tiny vocabularies so nothing is fetched from the Hugging Face Hub. The VAE has four
-levels (scale 8) so that a 32x32 image is only 16 latent tokens.
+Usage: ``python build_tiny_flux.py OUTDIR``. The same directory loads in diffusers' ``FluxPipeline``,
+in SGLang's native Flux pipeline (``--model-id FLUX.1-dev --model-path OUTDIR``) and in vLLM-Omni's
+native ``FluxPipeline``. Tokenizers are built from tiny vocabularies so nothing is fetched from the
+Hugging Face Hub. The VAE has four levels (scale 8): a 32x32 image is only 16 latent tokens, and
+vLLM-Omni's 512x512 start-up warm-up request is 1,024 tokens (about a second).
 """
 
 from __future__ import annotations
