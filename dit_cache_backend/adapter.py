@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import torch
 
@@ -85,6 +85,19 @@ class BlockAdapter:
     encoder_argument: str = ENCODER
 
 
+class PatchFunctor(Protocol):
+    """Model-specific help for models whose loop varies a block argument by block index.
+
+    ``install`` prepares the transformer (e.g. a hook capturing a tensor the per-block arguments
+    are sliced from) and returns the function that undoes it; ``block_kwargs`` returns the keyword
+    arguments for block ``index`` of the list ``attr``, given the ones the model passed.
+    """
+
+    def install(self, transformer: torch.nn.Module) -> Callable[[], None]: ...
+
+    def block_kwargs(self, attr: str, index: int, kwargs: Dict[str, Any]) -> Dict[str, Any]: ...
+
+
 @dataclasses.dataclass
 class CachedListSpec:
     """One block list to cache: where it lives, its blocks, its pattern and its context name."""
@@ -98,6 +111,7 @@ class CachedListSpec:
     hidden_arg: str
     encoder_arg: str
     name: str
+    patch_functor: Optional[PatchFunctor] = None
 
 
 # -- registry -----------------------------------------------------------------------------------
@@ -362,6 +376,7 @@ def resolve_adapter(adapter: BlockAdapter, *, has_hooks: bool = False) -> List[C
                     hidden_arg=adapter.hidden_argument,
                     encoder_arg=adapter.encoder_argument,
                     name=name,
+                    patch_functor=adapter.patch_functor,
                 )
             )
     return specs

@@ -33,6 +33,8 @@ class BlockCall:
     encoder_by_keyword: Optional[bool]  # None: the caller did not pass an encoder stream
     args: Tuple[Any, ...]
     kwargs: Dict[str, Any]
+    # Keyword arguments that differ per block (Chroma slices each block's modulation by index).
+    block_kwargs: Optional[Callable[[int, Dict[str, Any]], Dict[str, Any]]] = None
 
     @classmethod
     def capture(
@@ -42,6 +44,7 @@ class BlockCall:
         kwargs: Dict[str, Any],
         hidden_arg: str = HIDDEN,
         encoder_arg: str = ENCODER,
+        block_kwargs: Optional[Callable[[int, Dict[str, Any]], Dict[str, Any]]] = None,
     ) -> "BlockCall":
         args = list(args)
         kwargs = dict(kwargs)
@@ -69,16 +72,23 @@ class BlockCall:
             encoder_by_keyword=encoder_by_keyword,
             args=tuple(args),
             kwargs=kwargs,
+            block_kwargs=block_kwargs,
         )
 
     def run(
-        self, blocks: Sequence[torch.nn.Module], hidden: Tensor, encoder: Optional[Tensor]
+        self,
+        blocks: Sequence[torch.nn.Module],
+        hidden: Tensor,
+        encoder: Optional[Tensor],
+        first_index: int = 0,
     ) -> Tuple[Tensor, Optional[Tensor]]:
-        """Run ``blocks`` in order, threading the streams the way the pattern prescribes."""
+        """Run ``blocks`` (the list's blocks from ``first_index`` on), threading the streams."""
         pattern = self.pattern
-        for block in blocks:
+        for index, block in enumerate(blocks, start=first_index):
             positional: List[Any] = []
             keywords = dict(self.kwargs)
+            if self.block_kwargs is not None:
+                keywords = self.block_kwargs(index, keywords)
             if self.hidden_by_keyword:
                 keywords[self.hidden_arg] = hidden
             else:
@@ -109,6 +119,7 @@ class CachedBlocks(torch.nn.Module):
         identity: Callable[[], Optional[CallIdentity]],
         hidden_arg: str = HIDDEN,
         encoder_arg: str = ENCODER,
+        block_kwargs: Optional[Callable[[int, Dict[str, Any]], Dict[str, Any]]] = None,
     ) -> None:
         super().__init__()
         # A tuple, not a ModuleList: the blocks stay owned by the model's own module tree.
@@ -118,6 +129,7 @@ class CachedBlocks(torch.nn.Module):
         self._identity = identity
         self.hidden_arg = hidden_arg
         self.encoder_arg = encoder_arg
+        self._block_kwargs = block_kwargs
 
     @property
     def blocks(self) -> Tuple[torch.nn.Module, ...]:
@@ -141,21 +153,27 @@ class CachedBlocks(torch.nn.Module):
         end = len(self._blocks) - back
         return self._blocks[:front], self._blocks[front:end], self._blocks[end:]
 
+    def capture(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> BlockCall:
+        return BlockCall.capture(
+            self.pattern, args, kwargs, self.hidden_arg, self.encoder_arg, self._block_kwargs
+        )
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        call = BlockCall.capture(self.pattern, args, kwargs, self.hidden_arg, self.encoder_arg)
+        call = self.capture(args, kwargs)
         front, middle, back = self._partition()
+        back_start = len(self._blocks) - len(back)
         original = call.hidden
         hidden, encoder = call.run(front, call.hidden, call.encoder)
         fn_residual = hidden - original.to(hidden.device)
         reused = self._decide(fn_residual, hidden, encoder)
         if reused is not None:
-            hidden, encoder = call.run(back, *reused)
+            hidden, encoder = call.run(back, *reused, first_index=back_start)
         else:
             self.context.store_fn_residual(fn_residual)
             front_hidden, front_encoder = hidden, encoder
-            hidden, encoder = call.run(middle, hidden, encoder)
+            hidden, encoder = call.run(middle, hidden, encoder, first_index=len(front))
             self._store_middle(hidden, encoder, front_hidden, front_encoder)
-            hidden, encoder = call.run(back, hidden, encoder)
+            hidden, encoder = call.run(back, hidden, encoder, first_index=back_start)
         return self.pattern.pack_output(hidden, encoder)
 
     # Decision and bookkeeping are plain Python over counters; compiled graphs must neither trace

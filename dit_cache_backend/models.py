@@ -16,7 +16,7 @@ added by block index, per-block modulation slices).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -125,12 +125,57 @@ class FluxFamily(Family):
         )
 
 
+class ChromaModulation:
+    """Chroma's loops slice each block's ``temb`` out of ``pooled_temb`` by block index.
+
+    A cached list runs its blocks from one call of the model's loop, so the modulation of every
+    block is rebuilt here with the same slicing, from ``pooled_temb`` captured at the output of
+    ``distilled_guidance_layer`` (diffusers 0.42's ``ChromaTransformer2DModel.forward``).
+    """
+
+    def __init__(self) -> None:
+        self.pooled_temb: Optional[torch.Tensor] = None
+        self.double = self.single = 0
+
+    def install(self, transformer: torch.nn.Module) -> Callable[[], None]:
+        self.double = len(transformer.transformer_blocks)
+        self.single = len(transformer.single_transformer_blocks)
+        handle = transformer.distilled_guidance_layer.register_forward_hook(self._capture)
+        return handle.remove
+
+    def _capture(self, module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
+        self.pooled_temb = output
+
+    def block_kwargs(self, attr: str, index: int, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+        pooled = self.pooled_temb
+        if attr == "transformer_blocks":
+            image = 3 * self.single + 6 * index
+            text = 3 * self.single + 6 * self.double + 6 * index
+            temb = torch.cat((pooled[:, image : image + 6], pooled[:, text : text + 6]), dim=1)
+        else:
+            temb = pooled[:, 3 * index : 3 * index + 3]
+        return {**kwargs, "temb": temb}
+
+
+@dataclasses.dataclass(frozen=True)
+class ChromaFamily(Family):
+    """Chroma: double blocks (Pattern_1) and single blocks on the joined stream (Pattern_3)."""
+
+    def adapter(self, obj: Any) -> Optional[BlockAdapter]:
+        adapter = super().adapter(obj)
+        if adapter is not None:
+            adapter.patch_functor = ChromaModulation()
+        return adapter
+
+
 FAMILIES: Tuple[Family, ...] = (
     # Double blocks return (encoder, hidden); single blocks get the joined stream and return it
     # (their annotation says a pair, which is why patterns are read off the forward loops).
     Family("Flux2", ("Flux2Transformer2DModel",),
            (("transformer_blocks", P1), ("single_transformer_blocks", P3))),
     FluxFamily("Flux", ("FluxTransformer2DModel",), (("transformer_blocks", P1),)),
+    ChromaFamily("Chroma", ("ChromaTransformer2DModel",),
+                 (("transformer_blocks", P1), ("single_transformer_blocks", P3)), separate_cfg=True),
     Family("Mochi", ("MochiTransformer3DModel",), (("transformer_blocks", P0),)),
     Family("CogVideoX", ("CogVideoXTransformer3DModel",), (("transformer_blocks", P0),)),
     Family("CogView3Plus", ("CogView3PlusTransformer2DModel",), (("transformer_blocks", P0),)),

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .blocks import BlockCall, CachedBlocks
+from .blocks import CachedBlocks
 from .context import ENCODER_STREAM, HIDDEN_STREAM, CacheContext
 
 Tensor = torch.Tensor
@@ -107,7 +107,7 @@ class PrunedBlocks(CachedBlocks):
     context: PruneContext
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        call = BlockCall.capture(self.pattern, args, kwargs, self.hidden_arg, self.encoder_arg)
+        call = self.capture(args, kwargs)
         context = self.context
         context.begin_call(self._identity())
         protected = context.protected_blocks(len(self._blocks))
@@ -123,7 +123,7 @@ class PrunedBlocks(CachedBlocks):
                 pruned += 1
                 continue
             block_input, encoder_input = hidden, encoder
-            hidden, encoder = call.run((block,), hidden, encoder)
+            hidden, encoder = call.run((block,), hidden, encoder, first_index=index)
             if index not in protected:
                 hidden = hidden.contiguous()
                 encoder_residual = None

@@ -50,6 +50,16 @@ class _InstancePatch:
 
 
 @dataclasses.dataclass
+class _Undo:
+    """A patch functor's own undo function, in the session's list of things to restore."""
+
+    undo: Callable[[], None]
+
+    def restore(self) -> None:
+        self.undo()
+
+
+@dataclasses.dataclass
 class _ForwardPatch:
     """Our wrapper of a transformer's ``forward``, which later hooks may have wrapped in turn."""
 
@@ -105,6 +115,11 @@ class CacheSession:
                 self.current_identity,
                 hidden_arg=spec.hidden_arg,
                 encoder_arg=spec.encoder_arg,
+                block_kwargs=(
+                    None
+                    if spec.patch_functor is None
+                    else functools.partial(spec.patch_functor.block_kwargs, spec.attr)
+                ),
             )
         self.transformers: List[torch.nn.Module] = list(
             {id(s.transformer): s.transformer for s in specs}.values()
@@ -148,6 +163,9 @@ class CacheSession:
             for transformer in self.transformers:
                 self._patch_transformer(transformer)
                 self._set(transformer, SESSION_ATTR, self)
+            functors = {id(s.patch_functor): s for s in self.specs if s.patch_functor is not None}
+            for spec in functors.values():
+                self._patches.append(_Undo(spec.patch_functor.install(spec.transformer)))
             if self.pipeline is not None:
                 self._patch_pipeline(self.pipeline)
                 self._set(self.pipeline, SESSION_ATTR, self)
