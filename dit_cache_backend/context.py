@@ -195,7 +195,3 @@ class CacheContext:
         """How many tensors this context holds right now (for memory accounting)."""
         count = len(self.fn_residuals) + len(self.middle)
         return count + sum(c.num_tensors() for c in self.calibrators.values())
-
-    @property
-    def decisions(self) -> List:
-        return self.policy.decisions

@@ -1,6 +1,5 @@
 """Serving-grade robustness: non-finite residuals, exceptions mid-step, shape changes, distributed."""
 
-import os
 
 import pytest
 import torch
