@@ -243,6 +243,17 @@ def _pipeline_run(pipe: Any, kwargs: Dict[str, Any]) -> torch.Tensor:
     return result
 
 
+def _cached_pipeline_contexts(pipe: Any, kwargs: Dict[str, Any]) -> List[Any]:
+    """Run ``pipe`` once with caching on; the stats of each cache context (block list)."""
+    pipe.set_progress_bar_config(disable=True)
+    enable_cache(pipe, cache_config=DBCacheConfig(**CONFIG))
+    try:
+        _pipeline_run(pipe, kwargs)
+        return summary(pipe, logging=False)[:-1]
+    finally:
+        disable_cache(pipe)
+
+
 def test_flux_pipeline_caches_and_computes_warmup_steps_exactly() -> None:
     pipe = tm.tiny_flux_pipeline()
     pipe.set_progress_bar_config(disable=True)
@@ -265,11 +276,7 @@ def test_flux_pipeline_caches_and_computes_warmup_steps_exactly() -> None:
 
 def test_wan_pipeline_caches_both_cfg_branches() -> None:
     pipe = tm.tiny_wan_pipeline()
-    pipe.set_progress_bar_config(disable=True)
-    enable_cache(pipe, cache_config=DBCacheConfig(**CONFIG))
-    _pipeline_run(pipe, tm.wan_call_kwargs())
-    stats = summary(pipe, logging=False)[0]
-    disable_cache(pipe)
+    stats = _cached_pipeline_contexts(pipe, tm.wan_call_kwargs())[0]
     assert stats.cached_steps and stats.cfg_cached_steps
     assert {d.branch for d in stats.decisions} == {COND, UNCOND}
 
@@ -277,12 +284,7 @@ def test_wan_pipeline_caches_both_cfg_branches() -> None:
 @pytest.fixture(scope="module")
 def wan22_contexts() -> List[Any]:
     pipe = tm.tiny_wan_pipeline(two_experts=True)
-    pipe.set_progress_bar_config(disable=True)
-    enable_cache(pipe, cache_config=DBCacheConfig(**CONFIG))
-    _pipeline_run(pipe, tm.wan_call_kwargs())
-    contexts = summary(pipe, logging=False)[:-1]
-    disable_cache(pipe)
-    return contexts
+    return _cached_pipeline_contexts(pipe, tm.wan_call_kwargs())
 
 
 def test_wan22_reports_stats_per_expert(wan22_contexts: List[Any]) -> None:
@@ -302,9 +304,5 @@ def test_wan22_low_noise_expert_counts_steps_from_its_first_call(wan22_contexts:
 
 def test_qwenimage_pipeline_with_true_cfg_caches_both_branches() -> None:
     pipe = tm.tiny_qwenimage_pipeline()
-    pipe.set_progress_bar_config(disable=True)
-    enable_cache(pipe, cache_config=DBCacheConfig(**CONFIG))
-    _pipeline_run(pipe, tm.qwenimage_call_kwargs())
-    stats = summary(pipe, logging=False)[0]
-    disable_cache(pipe)
+    stats = _cached_pipeline_contexts(pipe, tm.qwenimage_call_kwargs())[0]
     assert stats.cached_steps and stats.cfg_cached_steps
