@@ -12,7 +12,7 @@ from .adapter import (
     get_adapter,
     supported_pipelines,
 )
-from .api import disable_cache, enable_cache, refresh_context
+from .api import disable_cache, enable_cache, refresh_context, set_attn_backend
 from .calibrators import TaylorSeerCalibrator
 from .config import (
     BasicCacheConfig,
@@ -24,6 +24,16 @@ from .config import (
     load_cache_config,
     load_configs,
 )
+from .config import (  # scale-out sections (dit_cache_backend.scaleout applies them)
+    ParallelismBackend,
+    ParallelismConfig,
+    QuantizeBackend,
+    QuantizeConfig,
+    load_attn_backend_config,
+    load_parallelism_config,
+    load_quantize_config,
+)
+from .scaleout import set_compile_configs
 from .errors import (
     ConfigError,
     DitCacheError,
@@ -65,7 +75,11 @@ __all__ = [
     "ForwardPattern",
     "NONE",
     "NotSupportedYetError",
+    "ParallelismBackend",
+    "ParallelismConfig",
     "ParamsModifier",
+    "QuantizeBackend",
+    "QuantizeConfig",
     "TaylorSeerCalibrator",
     "TaylorSeerCalibratorConfig",
     "UnknownKeyError",
@@ -73,9 +87,14 @@ __all__ = [
     "disable_cache",
     "enable_cache",
     "get_adapter",
+    "load_attn_backend_config",
     "load_cache_config",
     "load_configs",
+    "load_parallelism_config",
+    "load_quantize_config",
     "refresh_context",
+    "set_attn_backend",
+    "set_compile_configs",
     "steps_mask",
     "strify",
     "summary",
