@@ -6,7 +6,7 @@ working — with DBCache, TaylorSeer, SCM steps masks and separate-CFG caching i
 
 from .block_adapter import BlockAdapter, ParamsModifier
 from .registry import BlockAdapterRegister, get_adapter, supported_pipelines
-from .api import disable_cache, enable_cache, refresh_context
+from .api import disable_cache, enable_cache, refresh_context, set_attn_backend
 from .calibrators import TaylorSeerCalibrator
 from .config import (
     BasicCacheConfig,
@@ -18,6 +18,16 @@ from .config import (
     load_cache_config,
     load_configs,
 )
+from .config import (  # scale-out sections (dit_cache_backend.scaleout applies them)
+    ParallelismBackend,
+    ParallelismConfig,
+    QuantizeBackend,
+    QuantizeConfig,
+    load_attn_backend_config,
+    load_parallelism_config,
+    load_quantize_config,
+)
+from .scaleout import set_compile_configs
 from .errors import (
     ConfigError,
     DitCacheError,
@@ -59,7 +69,11 @@ __all__ = [
     "ForwardPattern",
     "NONE",
     "NotSupportedYetError",
+    "ParallelismBackend",
+    "ParallelismConfig",
     "ParamsModifier",
+    "QuantizeBackend",
+    "QuantizeConfig",
     "TaylorSeerCalibrator",
     "TaylorSeerCalibratorConfig",
     "UnknownKeyError",
@@ -67,9 +81,14 @@ __all__ = [
     "disable_cache",
     "enable_cache",
     "get_adapter",
+    "load_attn_backend_config",
     "load_cache_config",
     "load_configs",
+    "load_parallelism_config",
+    "load_quantize_config",
     "refresh_context",
+    "set_attn_backend",
+    "set_compile_configs",
     "steps_mask",
     "strify",
     "summary",

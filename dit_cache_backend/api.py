@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any, Optional, Tuple
+
+import torch
 
 from .block_adapter import CachedListSpec, is_pipeline
 from .config import (
     CalibratorConfig,
     DBCacheConfig,
-    ensure_supported,
+    ParallelismConfig,
+    QuantizeConfig,
     load_cache_config,
 )
 from .errors import ConfigError, DitCacheError
@@ -20,9 +24,16 @@ from .resolve import (
     resolve_adapter,
     resolve_separate_cfg,
 )
+from .scaleout import ScaleOutPlan
+from .scaleout.attention import check_backend, set_backend
+from .scaleout.device import module_device
 from .session import CacheSession, session_of
 
 logger = logging.getLogger(__name__)
+
+# The scale-out steps each session applied, for disable_cache to revert what can be reverted.
+_SCALEOUT: "weakref.WeakKeyDictionary[CacheSession, ScaleOutPlan]" = weakref.WeakKeyDictionary()
+
 
 def _merge_shorthand(
     cache_config: Optional[DBCacheConfig],
@@ -90,21 +101,22 @@ def enable_cache(
     cache_config: Optional[DBCacheConfig] = None,
     calibrator_config: Optional[CalibratorConfig] = None,
     params_modifiers: Any = None,
-    parallelism_config: Any = None,
+    parallelism_config: Optional[ParallelismConfig] = None,
     attention_backend: Optional[str] = None,
-    quantize_config: Any = None,
+    quantize_config: Optional[QuantizeConfig] = None,
     *,
     process_group: Optional[object] = None,
     **shorthand: Any,
 ) -> Any:
     """Cache the transformer block lists of a pipeline, a transformer or a ``BlockAdapter``.
 
-    Everything is validated before the model is touched: a failed call leaves it exactly as it was.
-    ``process_group`` (ours) is the group whose ranks must agree on every decision; by default the
-    world group when torch.distributed is initialized.
-    Returns the object that was passed in.
+    ``parallelism_config``, ``quantize_config`` and ``attention_backend`` are applied after the
+    cache, in that order, by diffusers' context parallelism, torchao and diffusers' attention
+    dispatch (docs/scaling.md). Every section is validated before the model is touched: a failed
+    call leaves it exactly as it was. ``process_group`` (ours) is the group whose ranks must agree
+    on every decision; by default the transformer's context-parallel group, else the world group
+    when torch.distributed is initialized. Returns the object that was passed in.
     """
-    ensure_supported(parallelism_config, quantize_config, attention_backend)
     cache_config, calibrator_config = _merge_shorthand(cache_config, calibrator_config, shorthand)
     _check_types(cache_config, calibrator_config)
     if session_of(pipe_or_adapter) is not None:
@@ -127,6 +139,13 @@ def enable_cache(
     pipeline = pipe_or_adapter if is_pipeline(pipe_or_adapter) else None
     if pipeline is None and adapter.pipe is not None and is_pipeline(adapter.pipe):
         pipeline = adapter.pipe
+    scaleout = ScaleOutPlan.check(
+        list({id(spec.transformer): spec.transformer for spec in specs}.values()),
+        parallelism_config=parallelism_config,
+        quantize_config=quantize_config,
+        attention_backend=attention_backend,
+        pipeline=pipeline,
+    )
     session = CacheSession(
         specs,
         configs,
@@ -135,6 +154,7 @@ def enable_cache(
         process_group=process_group,
     )
     session.install()
+    _apply_scaleout(session, scaleout, explicit_group=process_group is not None)
     logger.info(
         "dit_cache_backend: caching %d block list(s) of %s in %s mode: %s",
         len(specs),
@@ -148,14 +168,53 @@ def enable_cache(
     return pipe_or_adapter
 
 
+def _apply_scaleout(session: CacheSession, scaleout: ScaleOutPlan, *, explicit_group: bool) -> None:
+    """Parallelism, quantization, attention backend after the cache; on failure nothing stays."""
+    try:
+        scaleout.apply()
+    except BaseException:
+        scaleout.undo()
+        session.uninstall()
+        raise
+    _SCALEOUT[session] = scaleout
+    group = None if explicit_group else scaleout.process_group()
+    if group is not None:
+        # Decisions must agree over the ranks that share one sample: the context-parallel group.
+        for context in session.contexts.values():
+            context.process_group = group
+
+
 def disable_cache(pipe_or_adapter: Any) -> Any:
-    """Remove caching: original forward, module tree and ``__call__`` restored exactly."""
+    """Remove caching: original forward, module tree and ``__call__`` restored exactly.
+
+    A top-level ``attention_backend`` given to ``enable_cache`` is reverted too; parallelism
+    (with its attention backend) and quantization stay, as in cache-dit.
+    """
     session = session_of(pipe_or_adapter)
     if session is None:
         logger.warning("disable_cache: caching is not enabled on %s", type(pipe_or_adapter).__name__)
         return pipe_or_adapter
     session.uninstall()
+    scaleout = _SCALEOUT.pop(session, None)
+    if scaleout is not None:
+        scaleout.undo()
     return pipe_or_adapter
+
+
+def set_attn_backend(pipe_or_adapter: Any, attention_backend: Optional[str] = None) -> None:
+    """cache-dit's ``set_attn_backend``: set a diffusers attention backend on the transformer(s).
+
+    The name is checked for this device first; the process-wide default stays as it was (diffusers'
+    ``set_attention_backend`` would change it for every model). Nothing happens for ``None``.
+    """
+    if attention_backend is None:
+        return
+    if isinstance(pipe_or_adapter, torch.nn.Module) and not is_pipeline(pipe_or_adapter):
+        models = [pipe_or_adapter]
+    else:
+        specs = resolve_adapter(adapter_for(pipe_or_adapter))
+        models = list({id(spec.transformer): spec.transformer for spec in specs}.values())
+    set_backend(models, check_backend(attention_backend, module_device(models)))
 
 
 def refresh_context(transformer: Any, **kwargs: Any) -> Any:

@@ -14,9 +14,8 @@ mistake, this module refuses it with an error that names the key, the value and 
   dit stores the string as the mask in the flat legacy form);
 * ``cache_type: DBCache`` from YAML is stored as :class:`CacheType`, not as a string.
 
-Parallelism, quantization and attention-backend sections parse and validate like cache-dit's, but
-applying them is not supported yet: the engine calls :func:`ensure_supported` before touching a
-model.
+Parallelism, quantization and attention-backend sections parse and validate here like cache-dit's;
+``enable_cache`` hands them to the engines that apply them (``dit_cache_backend.scaleout``).
 """
 
 from __future__ import annotations
@@ -65,10 +64,14 @@ __all__ = [
     "DMDCalibratorConfig",
     "ParallelismConfig",
     "QuantizeConfig",
+    "ParallelismBackend",
+    "QuantizeBackend",
     "ConfigFileNotFoundError",
     "load_configs",
     "load_cache_config",
-    "ensure_supported",
+    "load_parallelism_config",
+    "load_quantize_config",
+    "load_attn_backend_config",
 ]
 
 PathOrDict = Union[str, "os.PathLike[str]", Mapping[str, Any]]
@@ -660,21 +663,51 @@ class DMDCalibratorConfig(CalibratorConfig):
 
 
 # --------------------------------------------------------------------------------------------------
-# Parallelism and quantization (parsed and validated; applying them is not supported yet)
+# Parallelism and quantization sections (applied by dit_cache_backend.scaleout)
 # --------------------------------------------------------------------------------------------------
 
-# cache-dit's ParallelismBackend spellings (enum values and names, lower-cased) -> stored name.
-# NATIVE_DIFFUSER is an old name of CACHE_DIT; "None" is refused by cache-dit too.
+
+class ParallelismBackend(str, enum.Enum):
+    """cache-dit's parallelism backends. Members compare equal to their names as strings;
+    ``NATIVE_DIFFUSER`` is an alias of ``CACHE_DIT``, as cache-dit canonicalizes it."""
+
+    AUTO = "AUTO"
+    CACHE_DIT = "CACHE_DIT"  # context parallelism
+    NATIVE_DIFFUSER = "CACHE_DIT"
+    NATIVE_PYTORCH = "NATIVE_PYTORCH"  # tensor parallelism
+    NATIVE_HYBRID = "NATIVE_HYBRID"  # both
+    NONE = "NONE"
+
+    @classmethod
+    def from_str(cls, backend_str: str) -> "ParallelismBackend":
+        return _backend_name(backend_str, _PARALLEL_BACKENDS, "backend")
+
+
+class QuantizeBackend(str, enum.Enum):
+    """cache-dit's quantization backends (members compare equal to their names as strings)."""
+
+    AUTO = "AUTO"
+    TORCHAO = "TORCHAO"
+    CACHE_DIT = "CACHE_DIT"  # cache-dit's own SVDQuant kernels
+    NONE = "NONE"
+
+    @classmethod
+    def from_str(cls, backend_str: str) -> "QuantizeBackend":
+        return _backend_name(backend_str, _QUANTIZE_BACKENDS, "backend")
+
+
+# cache-dit's ParallelismBackend spellings (enum values and names, lower-cased) -> stored member.
+# "None" is refused by cache-dit too.
 _PARALLEL_BACKENDS = {
-    "auto": "AUTO",
-    "cache_dit": "CACHE_DIT",
-    "native_diffuser": "CACHE_DIT",
-    "native_pytorch": "NATIVE_PYTORCH",
-    "native_hybrid": "NATIVE_HYBRID",
+    "auto": ParallelismBackend.AUTO,
+    "cache_dit": ParallelismBackend.CACHE_DIT,
+    "native_diffuser": ParallelismBackend.CACHE_DIT,
+    "native_pytorch": ParallelismBackend.NATIVE_PYTORCH,
+    "native_hybrid": ParallelismBackend.NATIVE_HYBRID,
 }
 _PARALLEL_SIZES = ("ulysses_size", "ring_size", "tp_size")
 _PARALLEL_SIZE_ALIASES = {"ulysses": "ulysses_size", "ring": "ring_size", "tp": "tp_size"}
-# Old parallel_kwargs names that cache-dit still maps onto fields.
+# Old parallel_kwargs names that cache-dit still maps onto fields (with a deprecation warning).
 _DEPRECATED_PARALLEL_KWARGS = {
     "experimental_ulysses_anything": "ulysses_anything",
     "experimental_ulysses_float8": "ulysses_float8",
@@ -688,8 +721,6 @@ def _backend_name(value: Any, table: Mapping[str, str], key: str) -> Any:
         value = value.name
     if isinstance(value, str) and value.strip().lower() in table:
         return table[value.strip().lower()]
-    if isinstance(value, str) and value in table.values():
-        return value
     raise ConfigError(
         key,
         value,
@@ -708,8 +739,9 @@ class ParallelismConfig(_ValidatedConfig):
     """The ``parallelism_config`` section: cache-dit's public ``ParallelismConfig`` fields.
 
     Sizes may be ``"auto"`` (at most one of them), meaning "derived from the world size when
-    applied"; it is kept as ``"auto"`` here because nothing is applied yet (cache-dit resolves it
-    at load time and therefore fails outside ``torchrun``).
+    applied": ``enable_cache`` resolves it (cache-dit resolves it at load time and therefore fails
+    when the file is loaded outside ``torchrun``). ``parallel_kwargs`` (the form of SGLang's and
+    cache-dit's examples) is copied onto the fields.
     """
 
     backend: str = "AUTO"
@@ -740,8 +772,8 @@ class ParallelismConfig(_ValidatedConfig):
     ring_rotate_method: Optional[str] = "p2p"
     ring_convert_to_fp32: Optional[bool] = True
     extra_parallel_modules: Optional[List[Any]] = dataclasses.field(default_factory=list)
-    # Deprecated nesting (still in cache-dit's and SGLang's older docs): its keys are copied onto
-    # the fields above, overriding them, as cache-dit does.
+    # The nesting of SGLang's and cache-dit's examples: its keys are copied onto the fields above,
+    # overriding them, as cache-dit does.
     parallel_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     _CHECKS: ClassVar[Dict[str, Checker]] = {
@@ -785,12 +817,10 @@ class ParallelismConfig(_ValidatedConfig):
                         [*fields, *_DEPRECATED_PARALLEL_KWARGS],
                         section="parallelism_config.parallel_kwargs",
                     )
-                logger.warning(
-                    "parallelism_config.parallel_kwargs.%s is deprecated; set %s directly in "
-                    "parallelism_config",
-                    key,
-                    target,
-                )
+                if key in _DEPRECATED_PARALLEL_KWARGS:
+                    logger.warning(
+                        "parallelism_config.parallel_kwargs.%s is deprecated; use %s", key, target
+                    )
                 setattr(self, target, value)
         if self.backend is not None:
             self.backend = _backend_name(self.backend, _PARALLEL_BACKENDS, "backend")
@@ -841,12 +871,12 @@ class ParallelismConfig(_ValidatedConfig):
 
 
 _QUANTIZE_BACKENDS = {
-    "auto": "AUTO",
-    "ao": "TORCHAO",
-    "torchao": "TORCHAO",
-    "cache_dit": "CACHE_DIT",
-    "cache-dit": "CACHE_DIT",
-    "cachedit": "CACHE_DIT",
+    "auto": QuantizeBackend.AUTO,
+    "ao": QuantizeBackend.TORCHAO,
+    "torchao": QuantizeBackend.TORCHAO,
+    "cache_dit": QuantizeBackend.CACHE_DIT,
+    "cache-dit": QuantizeBackend.CACHE_DIT,
+    "cachedit": QuantizeBackend.CACHE_DIT,
 }
 _SVDQ_QUANT_TYPE = re.compile(r"svdq_(?:int4|nvfp4)_r\d+(?:_dq)?")
 
@@ -918,7 +948,8 @@ class QuantizeConfig(_ValidatedConfig):
             self.backend = _backend_name(self.backend, _QUANTIZE_BACKENDS, "backend")
         if self.backend == "AUTO" and isinstance(self.quant_type, str):
             # cache-dit's choice: SVDQuant runs on its own kernels, everything else on torchao.
-            self.backend = "CACHE_DIT" if self.quant_type.startswith("svdq") else "TORCHAO"
+            svdq = self.quant_type.startswith("svdq")
+            self.backend = QuantizeBackend.CACHE_DIT if svdq else QuantizeBackend.TORCHAO
 
     def _check_relations(self) -> None:
         svdq = isinstance(self.quant_type, str) and self.quant_type.startswith("svdq")
@@ -935,55 +966,6 @@ class QuantizeConfig(_ValidatedConfig):
                 "only with an svdq_* quant_type",
                 hint=f"quant_type is {self.quant_type!r}",
             )
-
-
-def _summary(config: Any) -> Any:
-    """The fields of a config that differ from their defaults, to keep error messages short."""
-    if not dataclasses.is_dataclass(config):
-        return config
-
-    def default(field: "dataclasses.Field[Any]") -> Any:
-        if field.default_factory is not dataclasses.MISSING:
-            return field.default_factory()
-        return field.default
-
-    return {
-        field.name: getattr(config, field.name)
-        for field in dataclasses.fields(config)
-        if getattr(config, field.name) != default(field)
-    }
-
-
-def ensure_supported(
-    parallelism_config: Optional[ParallelismConfig],
-    quantize_config: Optional[QuantizeConfig],
-    attention_backend: Optional[str],
-) -> None:
-    """Refuse, before any model is touched, the sections that parse but cannot be applied yet.
-
-    Raises NotSupportedYetError naming the first section that is not ``None``.
-    """
-    if parallelism_config is not None:
-        raise NotSupportedYetError(
-            "parallelism_config",
-            _summary(parallelism_config),
-            what_works="no parallelism_config: use the serving framework's own sequence/tensor "
-            "parallelism (vLLM-Omni, SGLang) or diffusers' enable_parallelism",
-        )
-    if quantize_config is not None:
-        raise NotSupportedYetError(
-            "quantize_config",
-            _summary(quantize_config),
-            what_works="no quantize_config: quantize the model (e.g. with torchao) before or "
-            "after enabling the cache",
-        )
-    if attention_backend is not None:
-        raise NotSupportedYetError(
-            "attention_backend",
-            attention_backend,
-            what_works="no attention_backend: set it on the model directly (diffusers' "
-            "set_attention_backend)",
-        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1026,17 +1008,9 @@ def load_configs(
     """
     raw, source = _read_source(path_or_dict)
     cache_config, calibrator_config = _cache_configs_from(raw, source, reset)
-    parallelism_config = (
-        _parallelism_from(raw["parallelism_config"], source)
-        if "parallelism_config" in raw
-        else None
-    )
-    attention_backend = raw.get("attention_backend")
-    if attention_backend is not None:
-        _check_str("attention_backend", attention_backend)
-    quantize_config = (
-        _quantize_from(raw["quantize_config"], source) if "quantize_config" in raw else None
-    )
+    parallelism_config = _parallelism_from(raw, source)
+    attention_backend = _attention_backend_from(raw)
+    quantize_config = _quantize_from(raw, source)
     if return_dict:
         return {
             "cache_config": cache_config,
@@ -1046,6 +1020,28 @@ def load_configs(
             "quantize_config": quantize_config,
         }
     return cache_config, calibrator_config, parallelism_config, attention_backend, quantize_config
+
+
+def load_parallelism_config(path_or_dict: PathOrDict, **kwargs: Any) -> Optional[ParallelismConfig]:
+    """Load only the ``parallelism_config`` section (``None`` when there is none).
+
+    Unlike cache-dit, ``"auto"`` sizes stay ``"auto"`` until ``enable_cache`` resolves them from
+    the world size. ``check_only=True`` returns whether the section exists.
+    """
+    raw, source = _read_source(path_or_dict)
+    if kwargs.get("check_only", False):
+        return "parallelism_config" in raw  # type: ignore[return-value]
+    return _parallelism_from(raw, source)
+
+
+def load_quantize_config(path_or_dict: PathOrDict, **kwargs: Any) -> Optional[QuantizeConfig]:
+    """Load only the ``quantize_config`` section (``None`` when there is none)."""
+    return _quantize_from(*_read_source(path_or_dict))
+
+
+def load_attn_backend_config(path_or_dict: PathOrDict, **kwargs: Any) -> Optional[str]:
+    """Load only the top-level ``attention_backend`` name (``None`` when there is none)."""
+    return _attention_backend_from(_read_source(path_or_dict)[0])
 
 
 def load_cache_config(
@@ -1252,9 +1248,11 @@ def _calibrator_from(options: Dict[str, Any], reset: bool) -> Optional[Calibrato
     return TaylorSeerCalibratorConfig(**fields)
 
 
-def _parallelism_from(section: Any, source: Optional[str]) -> ParallelismConfig:
+def _parallelism_from(raw: Mapping[str, Any], source: Optional[str]) -> Optional[ParallelismConfig]:
+    if "parallelism_config" not in raw:
+        return None
     where = _where("parallelism_config", source)
-    options = _require_mapping(section, where)
+    options = _require_mapping(raw["parallelism_config"], where)
     fields = ParallelismConfig._field_names()
     _check_keys(options, [*fields, *_PARALLEL_SIZE_ALIASES], where)
     for alias, canonical in _PARALLEL_SIZE_ALIASES.items():
@@ -1272,9 +1270,18 @@ def _parallelism_from(section: Any, source: Optional[str]) -> ParallelismConfig:
     return ParallelismConfig(**options)
 
 
-def _quantize_from(section: Any, source: Optional[str]) -> QuantizeConfig:
+def _attention_backend_from(raw: Mapping[str, Any]) -> Optional[str]:
+    attention_backend = raw.get("attention_backend")
+    if attention_backend is not None:
+        _check_str("attention_backend", attention_backend)
+    return attention_backend
+
+
+def _quantize_from(raw: Mapping[str, Any], source: Optional[str]) -> Optional[QuantizeConfig]:
+    if "quantize_config" not in raw:
+        return None
     where = _where("quantize_config", source)
-    options = _require_mapping(section, where)
+    options = _require_mapping(raw["quantize_config"], where)
     _check_keys(options, QuantizeConfig._field_names(), where)
     # Like cache-dit, an empty YAML value means "use the default".
     return QuantizeConfig(**{key: value for key, value in options.items() if value is not None})

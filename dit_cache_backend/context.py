@@ -143,14 +143,13 @@ class CacheContext:
         return policy.accepts(diff), "diff", diff
 
     def _relative_l1(self, previous: torch.Tensor, current: torch.Tensor) -> float:
-        mean_diff = (previous - current).abs().mean()
-        mean_previous = previous.abs().mean()
         if self._is_distributed():
-            # Every rank must take the same decision (rule 6): average both means first.
-            stacked = torch.stack([mean_diff, mean_previous])
+            # Every rank must take the same decision (rule 6). Sums, not means, are reduced: the
+            # ratio of the global sums is the single-process ratio even for uneven shards.
+            stacked = torch.stack([(previous - current).abs().sum(), previous.abs().sum()])
             dist.all_reduce(stacked, op=dist.ReduceOp.SUM, group=self.process_group)
-            mean_diff, mean_previous = stacked[0], stacked[1]
-        return (mean_diff / mean_previous).item()
+            return (stacked[0] / stacked[1]).item()
+        return ((previous - current).abs().mean() / previous.abs().mean()).item()
 
     def _is_distributed(self) -> bool:
         if not (dist.is_available() and dist.is_initialized()):

@@ -24,7 +24,6 @@ from dit_cache_backend.config import (
     ParallelismConfig,
     QuantizeConfig,
     TaylorSeerCalibratorConfig,
-    ensure_supported,
     load_cache_config,
     load_configs,
 )
@@ -509,7 +508,7 @@ def test_cache_dit_repo_test_yaml_loads_with_expected_values():
     assert calibrator.enable_encoder_calibrator is False  # YAML default, unlike the dataclass
     parallel = configs["parallelism_config"]
     assert parallel.ulysses_size == 2
-    assert parallel.attention_backend == "native"  # flattened from the deprecated parallel_kwargs
+    assert parallel.attention_backend == "native"  # copied from parallel_kwargs
     assert parallel.extra_parallel_modules == ["text_encoder", "vae"]
     assert configs["attention_backend"] is None and configs["quantize_config"] is None
 
@@ -884,21 +883,3 @@ def test_malformed_svdq_quant_type_raises():
     with pytest.raises(ConfigError, match="quant_type"):
         QuantizeConfig(quant_type="svdq_int4")
 
-
-def test_ensure_supported_accepts_no_extra_sections():
-    assert ensure_supported(None, None, None) is None
-
-
-@pytest.mark.parametrize(
-    "section, args",
-    [
-        ("parallelism_config", (ParallelismConfig(ulysses_size=2), None, None)),
-        ("quantize_config", (None, QuantizeConfig(), None)),
-        ("attention_backend", (None, None, "flash")),
-    ],
-)
-def test_ensure_supported_names_the_section_that_cannot_be_applied(section, args):
-    with pytest.raises(NotSupportedYetError, match=section) as info:
-        ensure_supported(*args)
-    assert info.value.key == section
-    assert "not supported yet" in str(info.value)
