@@ -7,10 +7,10 @@ import logging
 from typing import Any, Dict, List, Optional, Union
 
 from .config import CacheType, load_configs
-from .context import CacheContext
+from .context import BlockListContext
 from .policy import COND, UNCOND, Decision
-from .prune import PruneContext
 from .session import session_of
+from .techniques import technique_for
 
 logger = logging.getLogger(__name__)
 
@@ -58,32 +58,7 @@ def _stringify_keys(diffs: Dict[int, float]) -> Dict[str, float]:
     return {str(step): diff for step, diff in sorted(diffs.items())}
 
 
-def _pruning_fields(context: CacheContext) -> Dict[str, Any]:
-    if not isinstance(context, PruneContext):
-        return {}
-
-    def ratio(branch: str) -> Optional[float]:
-        actual = sum(context.actual_blocks[branch])
-        return sum(context.pruned_blocks[branch]) / actual if actual else None
-
-    history = context.policy.histories
-    return dict(
-        residual_diffs={str(s): list(d) for s, d in sorted(context.block_diffs[COND].items())},
-        cfg_residual_diffs={
-            str(s): list(d) for s, d in sorted(context.block_diffs[UNCOND].items())
-        },
-        pruned_steps=list(history[COND].cached_steps),
-        pruned_blocks=list(context.pruned_blocks[COND]),
-        actual_blocks=list(context.actual_blocks[COND]),
-        pruned_ratio=ratio(COND),
-        cfg_pruned_steps=list(history[UNCOND].cached_steps),
-        cfg_pruned_blocks=list(context.pruned_blocks[UNCOND]),
-        cfg_actual_blocks=list(context.actual_blocks[UNCOND]),
-        cfg_pruned_ratio=ratio(UNCOND),
-    )
-
-
-def context_stats(context: CacheContext) -> CacheStats:
+def context_stats(context: BlockListContext) -> CacheStats:
     policy = context.policy
     cond, uncond = policy.histories[COND], policy.histories[UNCOND]
     stats = CacheStats(
@@ -104,7 +79,8 @@ def context_stats(context: CacheContext) -> CacheStats:
         nonfinite_diffs=context.nonfinite_diffs,
         cached_tensors=context.num_cached_tensors(),
     )
-    return dataclasses.replace(stats, **_pruning_fields(context))
+    extra = technique_for(context.cache_config.cache_type).stats_fields(context)
+    return dataclasses.replace(stats, **extra)
 
 
 def summary(obj: Any, details: bool = False, logging: bool = True) -> List[CacheStats]:
