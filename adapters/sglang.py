@@ -40,7 +40,7 @@ from dit_cache_backend.errors import (
 from dit_cache_backend.patterns import ForwardPattern
 from dit_cache_backend.scm import steps_mask
 from dit_cache_backend.session import session_of
-from dit_cache_backend.stats import summary
+from dit_cache_backend.stats import contexts_summary
 
 logger = logging.getLogger(__name__)
 
@@ -502,7 +502,7 @@ def stats_records(backend: str, modules: Sequence[Any]) -> List[Dict[str, Any]]:
     for module in modules:
         if module is None or session_of(module) is None:
             continue
-        for stats in summary(module, logging=False)[:-1]:  # the last one mirrors the last list
+        for stats in contexts_summary(module):
             cache_config = stats.cache_options["cache_config"]
             records.append(
                 {

@@ -31,7 +31,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 from dit_cache_backend.backend import CacheDiTBackend as Engine
 from dit_cache_backend.errors import ConfigError
 from dit_cache_backend.policy import COND
-from dit_cache_backend.stats import summary
+from dit_cache_backend.stats import contexts_summary, summary
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +119,7 @@ class RequestRecord:
 def _context_records(targets: Tuple[Any, ...]) -> Tuple[ContextRecord, ...]:
     records = []
     for target in targets:
-        # summary() appends a copy of the last entry (cache-dit's shape); skip it.
-        for stats in summary(target, logging=False)[:-1]:
+        for stats in contexts_summary(target):
             config = stats.cache_options.get("cache_config")
             records.append(
                 ContextRecord(

@@ -34,7 +34,7 @@ from .errors import (
 from .patterns import ForwardPattern
 from .policy import Decision
 from .scm import steps_mask
-from .stats import CacheStats, strify, summary
+from .stats import CacheStats, contexts_summary, strify, summary
 
 __version__ = "0.1.0"
 
@@ -77,6 +77,7 @@ __all__ = [
     "load_configs",
     "refresh_context",
     "steps_mask",
+    "contexts_summary",
     "strify",
     "summary",
     "supported_pipelines",

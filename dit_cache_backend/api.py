@@ -16,6 +16,7 @@ from .adapter import (
     resolve_adapter,
 )
 from .config import (
+    BasicCacheConfig,
     CalibratorConfig,
     DBCacheConfig,
     ensure_supported,
@@ -63,7 +64,7 @@ def _merge_shorthand(
 
 
 def _check_types(cache_config: Any, calibrator_config: Any) -> None:
-    if not isinstance(cache_config, DBCacheConfig):
+    if not isinstance(cache_config, BasicCacheConfig):
         raise ConfigError(
             "cache_config", type(cache_config).__name__, "a DBCacheConfig (or DBPruneConfig)"
         )
