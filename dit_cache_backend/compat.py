@@ -15,7 +15,7 @@ import gc
 import logging
 from typing import Any, Dict, Iterator, List, Optional, Union
 
-from .adapter import supported_pipelines
+from .registry import supported_pipelines
 from .config import CacheType, load_cache_config
 from .platforms import current_platform
 
@@ -34,7 +34,7 @@ NOT_PROVIDED: Dict[str, str] = {
     "quantize": "use torchao.quantization.quantize_(module, config) directly",
     "load": "load quantized weights with torchao / diffusers' from_pretrained(quantization_config=...)",
     "PatchFunctor": "dit_cache_backend's patch functors are objects with install(transformer) and "
-    "block_kwargs(attr, index, kwargs) (see dit_cache_backend.adapter.PatchFunctor); "
+    "block_kwargs(attr, index, kwargs) (see dit_cache_backend.block_adapter.PatchFunctor); "
     "cache-dit's _apply-style subclasses are not accepted",
 }
 

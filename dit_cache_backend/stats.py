@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import torch
 
-from .adapter import BlockAdapter, is_pipeline
+from .block_adapter import BlockAdapter, is_pipeline
 from .config import CacheType, load_configs
 from .context import CacheContext
 from .policy import COND, UNCOND, Decision

@@ -1,3 +1,3 @@
 """``cache_dit.caching.params_modifier``: ``ParamsModifier``."""
 
-from dit_cache_backend.adapter import ParamsModifier  # noqa: F401
+from dit_cache_backend.block_adapter import ParamsModifier  # noqa: F401
