@@ -411,7 +411,7 @@ class _UpdatableConfig(_ValidatedConfig):
 
 
 @dataclasses.dataclass
-class DBCacheConfig(_UpdatableConfig):
+class BasicCacheConfig(_UpdatableConfig):
     """Dual Block Cache settings; same fields and defaults as cache-dit's ``DBCacheConfig``.
 
     See the project's cache-dit spec §1, §2 and §4 for what each field does at run time.
@@ -512,8 +512,9 @@ class DBCacheConfig(_UpdatableConfig):
         )
 
 
-#: cache-dit's base-class name; both names refer to the same class here.
-BasicCacheConfig = DBCacheConfig
+@dataclasses.dataclass
+class DBCacheConfig(BasicCacheConfig):
+    """The DBCache settings, named as in cache-dit; DBPruneConfig is its sibling, not a subclass."""
 
 
 def _mask_from_text(text: str, num_inference_steps: Optional[int]) -> Optional[List[int]]:
@@ -555,7 +556,7 @@ def _mask_from_text(text: str, num_inference_steps: Optional[int]) -> Optional[L
 
 
 @dataclasses.dataclass
-class DBPruneConfig(DBCacheConfig):
+class DBPruneConfig(BasicCacheConfig):
     """Dynamic Block Prune settings; cache-dit's ``DBPruneConfig`` fields and defaults."""
 
     cache_type: CacheType = CacheType.DBPrune
@@ -566,7 +567,7 @@ class DBPruneConfig(DBCacheConfig):
     force_reduce_calibrator_vram: bool = False
 
     _CHECKS: ClassVar[Dict[str, Checker]] = {
-        **DBCacheConfig._CHECKS,
+        **BasicCacheConfig._CHECKS,
         "enable_dynamic_prune_threshold": _check_bool,
         "max_dynamic_prune_threshold": _check_real,
         "dynamic_prune_threshold_relax_ratio": _check_positive_real,

@@ -102,8 +102,11 @@ def test_quantize_config_defaults_equal_cache_dit_apart_from_resolved_backend(ca
     assert mine.backend == "TORCHAO"  # cache-dit resolves AUTO the same way for non-svdq types
 
 
-def test_basic_cache_config_is_an_alias_of_db_cache_config():
-    assert BasicCacheConfig is DBCacheConfig
+def test_db_cache_and_db_prune_configs_are_siblings_under_basic_cache_config():
+    # As in cache-dit: DBCacheConfig and DBPruneConfig both derive from BasicCacheConfig.
+    assert issubclass(DBCacheConfig, BasicCacheConfig)
+    assert isinstance(DBPruneConfig(), BasicCacheConfig)
+    assert not isinstance(DBPruneConfig(), DBCacheConfig)
 
 
 # --------------------------------------------------------------------------------------------------
