@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import Any, List, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 
-from .adapter import (
-    BlockAdapter,
-    BlockAdapterRegister,
-    CachedListSpec,
-    adapter_for,
-    flatten_modifiers,
-    is_pipeline,
-    merge_modifier,
-    resolve_adapter,
-)
+from .block_adapter import CachedListSpec, is_pipeline
 from .config import (
     CalibratorConfig,
     DBCacheConfig,
@@ -26,6 +17,13 @@ from .config import (
     load_cache_config,
 )
 from .errors import ConfigError, DitCacheError
+from .resolve import (
+    adapter_for,
+    flatten_modifiers,
+    merge_modifier,
+    resolve_adapter,
+    resolve_separate_cfg,
+)
 from .scaleout import ScaleOutPlan
 from .scaleout.attention import check_backend, set_backend
 from .scaleout.device import module_device
@@ -35,24 +33,6 @@ logger = logging.getLogger(__name__)
 
 # The scale-out steps each session applied, for disable_cache to revert what can be reverted.
 _SCALEOUT: "weakref.WeakKeyDictionary[CacheSession, ScaleOutPlan]" = weakref.WeakKeyDictionary()
-
-# Pipelines whose denoising loop calls the transformer twice per step (cond, then uncond), by
-# class-name prefix; cache-dit's list (spec §2.2).
-SEPARATE_CFG_PREFIXES = (
-    "QwenImage",
-    "Wan",
-    "CogView4",
-    "Cosmos",
-    "SkyReelsV2",
-    "Chroma",
-    "Lumina2",
-    "Kandinsky5",
-    "ChronoEdit",
-    "HunyuanVideo15",
-    "OvisImage",
-    "BooguImage",
-    "JoyImage",
-)
 
 
 def _merge_shorthand(
@@ -116,26 +96,6 @@ def _check_against_blocks(spec: CachedListSpec, config: DBCacheConfig) -> None:
         )
 
 
-def _resolve_separate_cfg(config: DBCacheConfig, adapter: BlockAdapter, obj: Any) -> bool:
-    if config.enable_separate_cfg is not None:
-        return bool(config.enable_separate_cfg)
-    if adapter.has_separate_cfg:
-        return True
-    pipe = adapter.pipe if adapter.pipe is not None else (obj if is_pipeline(obj) else None)
-    if pipe is None:
-        return False
-    if BlockAdapterRegister.has_separate_cfg(pipe):
-        return True
-    return type(pipe).__name__.startswith(SEPARATE_CFG_PREFIXES)
-
-
-def _has_hooks(specs: List[CachedListSpec]) -> bool:
-    return any(
-        hasattr(spec.transformer, "_hf_hook") or hasattr(spec.transformer, "_diffusers_hook")
-        for spec in specs
-    )
-
-
 def enable_cache(
     pipe_or_adapter: Any,
     cache_config: Optional[DBCacheConfig] = None,
@@ -165,12 +125,11 @@ def enable_cache(
             "call disable_cache() first, or refresh_context() to change its settings"
         )
     adapter = adapter_for(pipe_or_adapter)
-    specs = resolve_adapter(adapter, has_hooks=False)
-    specs = resolve_adapter(adapter, has_hooks=_has_hooks(specs))
+    specs = resolve_adapter(adapter)
     modifiers = flatten_modifiers(
         params_modifiers if params_modifiers is not None else adapter.params_modifiers, len(specs)
     )
-    separate_cfg = _resolve_separate_cfg(cache_config, adapter, pipe_or_adapter)
+    separate_cfg = resolve_separate_cfg(cache_config, adapter, pipe_or_adapter)
     configs = [merge_modifier(cache_config, calibrator_config, m) for m in modifiers]
     for spec, (config, _) in zip(specs, configs):
         # Our copies record the resolved value (cache-dit writes it into the user's object).
@@ -253,7 +212,7 @@ def set_attn_backend(pipe_or_adapter: Any, attention_backend: Optional[str] = No
     if isinstance(pipe_or_adapter, torch.nn.Module) and not is_pipeline(pipe_or_adapter):
         models = [pipe_or_adapter]
     else:
-        specs = resolve_adapter(adapter_for(pipe_or_adapter), has_hooks=False)
+        specs = resolve_adapter(adapter_for(pipe_or_adapter))
         models = list({id(spec.transformer): spec.transformer for spec in specs}.values())
     set_backend(models, check_backend(attention_backend, module_device(models)))
 
