@@ -87,12 +87,12 @@ def _resolve_sizes(config: ParallelismConfig, world: int) -> Tuple[int, int]:
         ulysses = world // ring
     if ring == "auto":
         ring = world // ulysses
-    if ulysses < 1 or ring < 1 or ulysses * ring != world:
+    if ulysses < 1 or ring < 1 or ulysses * ring != world or world == 1:
         raise ConfigError(
             "parallelism_config",
             {"ulysses_size": config.ulysses_size, "ring_size": config.ring_size},
-            f"ulysses_size * ring_size equal to the world size ({world}); 'auto' fills in one of "
-            "them",
+            f"ulysses_size * ring_size equal to the world size ({world}), at least 2 ranks "
+            "(torchrun --nproc_per_node=N); 'auto' fills in one of them",
         )
     return ulysses, ring
 
@@ -140,6 +140,8 @@ def plan(
     for key, is_set, works in _REFUSED:
         if is_set(config):
             raise NotSupportedYetError(key, getattr(config, key), what_works=works)
+    _warn_skipped_modules(config.extra_parallel_modules)
+    world = _world_size()
     if config.attention_backend is not None and attention_backend not in (
         None,
         config.attention_backend,
@@ -159,7 +161,7 @@ def plan(
             "an attention backend with context parallelism: "
             + ", ".join(attention.context_parallel_backends()),
         )
-    ulysses, ring = _resolve_sizes(config, _world_size())
+    ulysses, ring = _resolve_sizes(config, world)
     if ring > 1 and backend.value == "native":
         raise ConfigError(
             key,
@@ -178,7 +180,6 @@ def plan(
                 f"the sizes already applied to {type(transformer).__name__} "
                 f"(ring {applied[0]}, ulysses {applied[1]}): diffusers cannot change parallelism",
             )
-    _warn_skipped_modules(config.extra_parallel_modules)
     return ContextParallelPlan(
         ulysses=ulysses,
         ring=ring,

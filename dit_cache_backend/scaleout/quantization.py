@@ -197,10 +197,6 @@ class QuantizeTarget:
 def _check_type(quant_type: str, key: str, modules: Sequence[torch.nn.Module]) -> QuantType:
     kind = QUANT_TYPES.get(quant_type)
     if kind is None:
-        if quant_type.startswith("svdq"):
-            raise NotSupportedYetError(
-                key, quant_type, what_works="a torchao quant_type: " + ", ".join(QUANT_TYPES)
-            )
         raise ConfigError(key, quant_type, "one of " + ", ".join(QUANT_TYPES))
     device = module_device(modules)
     reason = kind.cannot_run(device)
@@ -211,17 +207,23 @@ def _check_type(quant_type: str, key: str, modules: Sequence[torch.nn.Module]) -
             f"on {describe(device)}: " + ", ".join(runs_on(device)),
             hint=reason,
         )
-    if kind.needs_bf16:
-        for module in modules:
-            for name, sub in module.named_modules():
-                if isinstance(sub, torch.nn.Linear) and sub.weight.dtype != torch.bfloat16:
-                    raise ConfigError(
-                        key,
-                        quant_type,
-                        "a bfloat16 model for this type (cache-dit's rule)",
-                        hint=f"{name} holds {sub.weight.dtype} weights",
-                    )
+    check_dtype(quant_type, key, modules)
     return kind
+
+
+def check_dtype(quant_type: str, key: str, modules: Sequence[torch.nn.Module]) -> None:
+    """cache-dit's rule: types that need bfloat16 Linear weights refuse any other dtype."""
+    if not QUANT_TYPES[quant_type].needs_bf16:
+        return
+    for module in modules:
+        for name, sub in module.named_modules():
+            if isinstance(sub, torch.nn.Linear) and sub.weight.dtype != torch.bfloat16:
+                raise ConfigError(
+                    key,
+                    quant_type,
+                    "a bfloat16 model for this type (cache-dit's rule)",
+                    hint=f"{name} holds {sub.weight.dtype} weights",
+                )
 
 
 def _regions(module: torch.nn.Module, config: QuantizeConfig) -> List[torch.nn.Module]:
@@ -260,6 +262,10 @@ def _components(config: QuantizeConfig, pipeline: Any) -> List[Tuple[str, str]]:
     return found
 
 
+def _svdq(config: QuantizeConfig) -> bool:
+    return config.quant_type.startswith("svdq")
+
+
 def _already(module: torch.nn.Module, quant_type: str, name: str) -> bool:
     done = getattr(module, QUANTIZED_ATTR, None)
     if done is not None and done != quant_type:
@@ -282,8 +288,10 @@ def plan(
             "quantize_config", config.quant_type, f"torchao installed ({TORCHAO_PIN}): {INSTALL}"
         )
     if config.backend == QuantizeBackend.CACHE_DIT:
+        # cache-dit's own (SVDQuant) kernels: nothing to hand them to.
+        key, value = ("quant_type", config.quant_type) if _svdq(config) else ("backend", "CACHE_DIT")
         raise NotSupportedYetError(
-            "backend", config.backend, what_works="TORCHAO (or AUTO with a torchao quant_type)"
+            key, value, what_works="backend TORCHAO with a torchao quant_type: " + ", ".join(QUANT_TYPES)
         )
     for field in _REFUSED_FIELDS:
         if getattr(config, field) is not None:
