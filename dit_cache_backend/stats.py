@@ -181,13 +181,14 @@ def _log_stats(stats: CacheStats, details: bool) -> None:
     total = stats.executed_steps
     cached = len(stats.cached_steps)
     logger.info(
-        "%s: %s, cached %d/%d steps %s%s",
+        "%s: %s, cached %d/%d steps %s%s, holding %d tensors",
         stats.name,
         strify(stats),
         cached,
         total,
         stats.cached_steps,
         f", cfg cached {stats.cfg_cached_steps}" if stats.cfg_cached_steps else "",
+        stats.cached_tensors,  # what the cache keeps in memory until the next request
     )
     if details and stats.residual_diffs:
         diffs = sorted(v for v in stats.residual_diffs.values() if v >= 0)

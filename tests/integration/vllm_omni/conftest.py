@@ -16,6 +16,7 @@ from typing import Any, Iterator, List
 import pytest
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # build_tiny_flux.py and http_load.py
 
 if importlib.util.find_spec("vllm_omni") is None:
     collect_ignore_glob = ["test_*.py"]
@@ -31,7 +32,6 @@ def tiny_flux(tmp_path_factory: pytest.TempPathFactory) -> str:
     given = os.environ.get("DIT_CACHE_TINY_FLUX")
     if given:
         return given
-    sys.path.insert(0, str(HERE.parent))
     from build_tiny_flux import build
 
     out = str(tmp_path_factory.mktemp("tiny") / "flux")
