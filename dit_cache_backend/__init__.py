@@ -24,6 +24,7 @@ from .config import (
     load_cache_config,
     load_configs,
 )
+from .config import DMDCalibratorConfig, FoCaCalibratorConfig
 from .errors import (
     ConfigError,
     DitCacheError,
@@ -81,3 +82,4 @@ __all__ = [
     "summary",
     "supported_pipelines",
 ]
+__all__ += ["DMDCalibratorConfig", "FoCaCalibratorConfig"]

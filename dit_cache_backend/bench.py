@@ -449,8 +449,7 @@ def context_tensors(obj: Any) -> List[torch.Tensor]:
         found.extend(context.fn_residuals.values())
         found.extend(context.middle.values())
         for calibrator in context.calibrators.values():
-            for stream in calibrator.streams.values():
-                found.extend(t for t in stream.terms if t is not None)
+            found.extend(calibrator.tensors())
     return [t for t in found if isinstance(t, torch.Tensor)]
 
 

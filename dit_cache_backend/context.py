@@ -14,7 +14,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from .calibrators import TaylorSeerCalibrator
+from .calibrators import Calibrator
 from .config import CalibratorConfig, DBCacheConfig
 from .policy import BRANCHES, CallIdentity, PolicySettings, StepPolicy, normalize_mask
 
@@ -71,12 +71,11 @@ class CacheContext:
         self.fn_residuals: Dict[str, torch.Tensor] = {}
         self.middle: Dict[Tuple[str, str], torch.Tensor] = {}
         calibrator = self.calibrator_config
-        self.calibrators: Dict[str, TaylorSeerCalibrator] = {}
+        self.calibrators: Dict[str, Calibrator] = {}
         if calibrator is not None and (
             calibrator.enable_calibrator or calibrator.enable_encoder_calibrator
         ):
-            order = getattr(calibrator, "taylorseer_order", 1)
-            self.calibrators = {branch: TaylorSeerCalibrator(order) for branch in BRANCHES}
+            self.calibrators = {branch: calibrator.make_calibrator() for branch in BRANCHES}
 
     # -- lifetime -------------------------------------------------------------------------------
 
