@@ -4,14 +4,8 @@ A drop-in for cache-dit's common API — ``import dit_cache_backend as cache_dit
 working — with DBCache, TaylorSeer, SCM steps masks and separate-CFG caching implemented here.
 """
 
-from . import models as _models  # noqa: F401  (registers the known model families)
-from .adapter import (
-    BlockAdapter,
-    BlockAdapterRegister,
-    ParamsModifier,
-    get_adapter,
-    supported_pipelines,
-)
+from .block_adapter import BlockAdapter, ParamsModifier
+from .registry import BlockAdapterRegister, get_adapter, supported_pipelines
 from .api import disable_cache, enable_cache, refresh_context
 from .calibrators import TaylorSeerCalibrator
 from .config import (

@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, List, Optional, Tuple
+from typing import Any, Optional, Tuple
 
-from .adapter import (
-    BlockAdapter,
-    BlockAdapterRegister,
-    CachedListSpec,
-    adapter_for,
-    flatten_modifiers,
-    is_pipeline,
-    merge_modifier,
-    resolve_adapter,
-)
+from .block_adapter import CachedListSpec, is_pipeline
 from .config import (
     CalibratorConfig,
     DBCacheConfig,
@@ -22,28 +13,16 @@ from .config import (
     load_cache_config,
 )
 from .errors import ConfigError, DitCacheError
+from .resolve import (
+    adapter_for,
+    flatten_modifiers,
+    merge_modifier,
+    resolve_adapter,
+    resolve_separate_cfg,
+)
 from .session import CacheSession, session_of
 
 logger = logging.getLogger(__name__)
-
-# Pipelines whose denoising loop calls the transformer twice per step (cond, then uncond), by
-# class-name prefix; cache-dit's list (spec §2.2).
-SEPARATE_CFG_PREFIXES = (
-    "QwenImage",
-    "Wan",
-    "CogView4",
-    "Cosmos",
-    "SkyReelsV2",
-    "Chroma",
-    "Lumina2",
-    "Kandinsky5",
-    "ChronoEdit",
-    "HunyuanVideo15",
-    "OvisImage",
-    "BooguImage",
-    "JoyImage",
-)
-
 
 def _merge_shorthand(
     cache_config: Optional[DBCacheConfig],
@@ -106,26 +85,6 @@ def _check_against_blocks(spec: CachedListSpec, config: DBCacheConfig) -> None:
         )
 
 
-def _resolve_separate_cfg(config: DBCacheConfig, adapter: BlockAdapter, obj: Any) -> bool:
-    if config.enable_separate_cfg is not None:
-        return bool(config.enable_separate_cfg)
-    if adapter.has_separate_cfg:
-        return True
-    pipe = adapter.pipe if adapter.pipe is not None else (obj if is_pipeline(obj) else None)
-    if pipe is None:
-        return False
-    if BlockAdapterRegister.has_separate_cfg(pipe):
-        return True
-    return type(pipe).__name__.startswith(SEPARATE_CFG_PREFIXES)
-
-
-def _has_hooks(specs: List[CachedListSpec]) -> bool:
-    return any(
-        hasattr(spec.transformer, "_hf_hook") or hasattr(spec.transformer, "_diffusers_hook")
-        for spec in specs
-    )
-
-
 def enable_cache(
     pipe_or_adapter: Any,
     cache_config: Optional[DBCacheConfig] = None,
@@ -154,12 +113,11 @@ def enable_cache(
             "call disable_cache() first, or refresh_context() to change its settings"
         )
     adapter = adapter_for(pipe_or_adapter)
-    specs = resolve_adapter(adapter, has_hooks=False)
-    specs = resolve_adapter(adapter, has_hooks=_has_hooks(specs))
+    specs = resolve_adapter(adapter)
     modifiers = flatten_modifiers(
         params_modifiers if params_modifiers is not None else adapter.params_modifiers, len(specs)
     )
-    separate_cfg = _resolve_separate_cfg(cache_config, adapter, pipe_or_adapter)
+    separate_cfg = resolve_separate_cfg(cache_config, adapter, pipe_or_adapter)
     configs = [merge_modifier(cache_config, calibrator_config, m) for m in modifiers]
     for spec, (config, _) in zip(specs, configs):
         # Our copies record the resolved value (cache-dit writes it into the user's object).

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 
-from .adapter import CachedListSpec, get_submodule_parent
+from .block_adapter import CachedListSpec, get_submodule_parent
 from .blocks import CachedBlocks
 from .config import CacheType
 from .context import CacheContext

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import dit_cache_backend as dcb
-from dit_cache_backend.adapter import resolve_adapter
+from dit_cache_backend.resolve import resolve_adapter
 
 
 class Block(torch.nn.Module):

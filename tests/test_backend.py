@@ -10,8 +10,8 @@ from dit_cache_backend.backend import (
     EnableResult,
     register_enabler,
     standard_enabler,
-    wan22_step_split,
 )
+from dit_cache_backend.registry import wan22_step_split
 from dit_cache_backend.tiny_model import tiny_flux_inputs, tiny_flux_pipeline
 
 FLAT = {

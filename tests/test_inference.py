@@ -25,7 +25,7 @@ from dit_cache_backend import (
     summary,
 )
 from dit_cache_backend.inference import candidate_lists, infer_adapter, infer_lists
-from dit_cache_backend.models import FAMILIES
+from dit_cache_backend.registry import FAMILIES
 
 TOY = """
 import torch

@@ -25,7 +25,8 @@ from dit_cache_backend import (
     enable_cache,
     summary,
 )
-from dit_cache_backend.models import FAMILIES
+from dit_cache_backend.registry import FAMILIES
+from dit_cache_backend.backend import CacheDiTBackend
 from dit_cache_backend.policy import COND, UNCOND
 
 STEPS = 8
@@ -203,10 +204,9 @@ def test_controlnet_pipelines_are_refused() -> None:
         enable_cache(pipe, cache_config=DBCacheConfig(**CONFIG))
 
 
-def test_unverified_class_under_a_known_prefix_is_checked_by_inference() -> None:
-    # WanVACE matches "Wan", but its loop adds VACE hints by block index.
+def _tiny_wan_vace() -> torch.nn.Module:
     torch.manual_seed(0)
-    vace = diffusers.WanVACETransformer3DModel(
+    return diffusers.WanVACETransformer3DModel(
         patch_size=(1, 2, 2),
         num_attention_heads=2,
         attention_head_dim=12,
@@ -218,9 +218,24 @@ def test_unverified_class_under_a_known_prefix_is_checked_by_inference() -> None
         vace_layers=[0],
         vace_in_channels=4,
     )
-    assert BlockAdapterRegister.is_supported(vace)
-    with pytest.raises(UnsupportedModelError, match="block index"):
+
+
+def test_wan_vace_is_refused_with_the_reason_by_both_front_doors() -> None:
+    # VACE loops add a hint after specific blocks, by block index (see registry.WAN_VACE_REFUSAL).
+    vace = _tiny_wan_vace()
+    assert not BlockAdapterRegister.is_supported(vace)
+    with pytest.raises(UnsupportedModelError, match="indexed by block"):
         enable_cache(vace, cache_config=DBCacheConfig(**CONFIG))
+
+    class Wan22VACEPipeline:  # vLLM-Omni's name: it matches "Wan", its transformer "WanVACE"
+        transformer = vace
+
+        def __call__(self) -> None:
+            raise AssertionError("not called")
+
+    with pytest.raises(UnsupportedModelError, match="indexed by block"):
+        CacheDiTBackend({}).enable(Wan22VACEPipeline())
+    assert "forward" not in vars(vace)
 
 
 # -- offline pipelines -------------------------------------------------------------------------
