@@ -41,6 +41,7 @@ from .compat import (
     not_provided as _not_provided,
     supported_matrix,
 )
+from .config import DMDCalibratorConfig, FoCaCalibratorConfig
 from .errors import (
     ConfigError,
     DitCacheError,
@@ -142,3 +143,5 @@ def __getattr__(name: str):
     if name in _NOT_PROVIDED:
         raise _not_provided(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+__all__ += ["DMDCalibratorConfig", "FoCaCalibratorConfig"]

@@ -62,7 +62,7 @@ def _check_types(cache_config: Any, calibrator_config: Any) -> None:
         raise ConfigError(
             "calibrator_config",
             type(calibrator_config).__name__,
-            "None or a TaylorSeerCalibratorConfig",
+            "None or a CalibratorConfig (TaylorSeer, FoCa or DMD)",
         )
 
 

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from .calibrators import TaylorSeerCalibrator
+from .calibrators import Calibrator
 from .config import CalibratorConfig, DBCacheConfig
 from .policy import BRANCHES, CallIdentity, PolicySettings, StepPolicy
 
@@ -152,12 +152,11 @@ class CacheContext(BlockListContext):
         self.fn_residuals: Dict[str, torch.Tensor] = {}
         self.middle: Dict[Tuple[str, str], torch.Tensor] = {}
         calibrator = self.calibrator_config
-        self.calibrators: Dict[str, TaylorSeerCalibrator] = {}
+        self.calibrators: Dict[str, Calibrator] = {}
         if calibrator is not None and (
             calibrator.enable_calibrator or calibrator.enable_encoder_calibrator
         ):
-            order = getattr(calibrator, "taylorseer_order", 1)
-            self.calibrators = {branch: TaylorSeerCalibrator(order) for branch in BRANCHES}
+            self.calibrators = {branch: calibrator.make_calibrator() for branch in BRANCHES}
 
     def decide(self, fn_residual: torch.Tensor) -> Tuple[bool, str, Optional[float]]:
         """Whether this call may reuse the cached middle residual, why, and the diff it recorded."""
@@ -200,6 +199,5 @@ class CacheContext(BlockListContext):
     def tensors(self) -> List[torch.Tensor]:
         found: List[torch.Tensor] = [*self.fn_residuals.values(), *self.middle.values()]
         for calibrator in self.calibrators.values():
-            for stream in calibrator.streams.values():
-                found.extend(term for term in stream.terms if term is not None)
+            found.extend(calibrator.tensors())
         return found
