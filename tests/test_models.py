@@ -29,6 +29,7 @@ from dit_cache_backend import (
 from dit_cache_backend.registry import FAMILIES
 from dit_cache_backend.backend import CacheDiTBackend
 from dit_cache_backend.policy import COND, UNCOND
+from dit_cache_backend.session import session_of
 
 STEPS = 8
 # Random weights give first-block residual diffs anywhere from 0.01 to above 1 between steps
@@ -237,6 +238,38 @@ def test_wan_vace_is_refused_with_the_reason_by_both_front_doors() -> None:
     with pytest.raises(UnsupportedModelError, match="indexed by block"):
         CacheDiTBackend({}).enable(Wan22VACEPipeline())
     assert "forward" not in vars(vace)
+
+
+class _Served:
+    """What a serving framework hands CacheDiTBackend: a pipeline object holding the model."""
+
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        self.transformer = transformer
+
+    def __call__(self) -> None:
+        raise AssertionError("not called")
+
+
+def _cached_lists(enable: Any, model: torch.nn.Module) -> Any:
+    try:
+        enable(model)
+    except UnsupportedModelError as error:
+        return f"refused: {error}"
+    session = session_of(model)
+    lists = [(s.name, s.pattern, len(s.blocks)) for s in session.specs], session.separate_cfg
+    disable_cache(model)
+    return lists
+
+
+def _front_door_models() -> List[Any]:
+    return [tm.TINY_TRANSFORMERS[name].build for name in REGISTERED] + [_tiny_wan_vace]
+
+
+@pytest.mark.parametrize("build", _front_door_models(), ids=REGISTERED + ["WanVACE"])
+def test_both_front_doors_cache_the_same_block_lists_or_refuse_the_same_models(build: Any) -> None:
+    by_api = _cached_lists(lambda m: enable_cache(m, cache_config=DBCacheConfig(**CONFIG)), build())
+    by_backend = _cached_lists(lambda m: CacheDiTBackend({}).enable(_Served(m)), build())
+    assert by_api == by_backend
 
 
 # -- offline pipelines -------------------------------------------------------------------------
