@@ -282,11 +282,14 @@ def _compare_tests(per_engine: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
-def run_examples(checkout: pathlib.Path, work: pathlib.Path) -> List[Dict[str, Any]]:
+def run_examples(
+    checkout: pathlib.Path, work: pathlib.Path, names: List[str]
+) -> List[Dict[str, Any]]:
     import numpy as np
 
     rows = []
-    for name, variants in EXAMPLES.items():
+    for name in names:
+        variants = EXAMPLES[name]
         example = checkout / "examples" / "api" / name
         for argv in variants:
             argv = [*argv, *IMAGE_ARGS]
@@ -328,6 +331,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkout", type=pathlib.Path, help="a local clone of vipshop/cache-dit")
     parser.add_argument("--only", choices=("tests", "examples"))
+    parser.add_argument("--example", action="append", choices=sorted(EXAMPLES),
+                        help="run only this example (repeatable); default: all")
     parser.add_argument("--json", type=pathlib.Path, help="write the rows here too")
     args = parser.parse_args()
     checkout = args.checkout
@@ -343,7 +348,7 @@ def main() -> int:
     if args.only in (None, "tests"):
         rows["tests"] = run_tests(checkout.resolve(), work)
     if args.only in (None, "examples"):
-        rows["examples"] = run_examples(checkout.resolve(), work)
+        rows["examples"] = run_examples(checkout.resolve(), work, args.example or list(EXAMPLES))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
