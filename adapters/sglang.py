@@ -518,6 +518,7 @@ def stats_records(backend: str, modules: Sequence[Any]) -> List[Dict[str, Any]]:
                     "computed_steps": stats.computed_steps,
                     "executed_steps": stats.executed_steps,
                     "decisions": len(stats.decisions),
+                    "cached_tensors": stats.cached_tensors,  # held until the next request
                 }
             )
     return records
