@@ -64,6 +64,14 @@ class Response:
         return image.size, image.tobytes()
 
 
+def _json_or_text(payload: bytes) -> Dict[str, Any]:
+    """An error answer's JSON, or ``{"text": ...}`` for a plain-text one (e.g. a bare 500)."""
+    try:
+        return json.loads(payload)
+    except ValueError:
+        return {"text": payload.decode(errors="replace")}
+
+
 class Server:
     """One server process; ``start()`` returns once ``health_path`` answers 200."""
 
@@ -132,7 +140,7 @@ class Server:
             with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as answer:
                 return Response(answer.status, json.loads(answer.read()))
         except urllib.error.HTTPError as error:
-            return Response(error.code, json.loads(error.read() or b"{}"))
+            return Response(error.code, _json_or_text(error.read()))
 
     def post_and_disconnect(self, path: str, body: Dict[str, Any], after_s: float) -> None:
         """Send a complete request, then close the connection ``after_s`` later, before the answer."""
