@@ -21,6 +21,7 @@ context to PATH (see docs/sglang.md), which is how tests observe the worker proc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -28,19 +29,19 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from dit_cache_backend.adapter import BlockAdapter, BlockAdapterRegister
-from dit_cache_backend.api import disable_cache, enable_cache, refresh_context
-from dit_cache_backend.config import DBCacheConfig, TaylorSeerCalibratorConfig, load_configs
-from dit_cache_backend.errors import (
-    ConfigError,
-    NotSupportedYetError,
-    UnsupportedModelError,
-    UnsupportedStepCountError,
+from dit_cache_backend.backend import (
+    EnablePlan,
+    context_records,
+    declared_adapter,
+    disable_all,
+    enable_all,
+    enable_from_configs,
+    is_cached,
+    refresh_target,
+    request_mask,
 )
-from dit_cache_backend.patterns import ForwardPattern
-from dit_cache_backend.scm import steps_mask
-from dit_cache_backend.session import session_of
-from dit_cache_backend.stats import summary
+from dit_cache_backend.errors import ConfigError, NotSupportedYetError
+from dit_cache_backend.framework_config import FrameworkCacheConfig
 
 logger = logging.getLogger(__name__)
 
@@ -133,24 +134,7 @@ def naming_sources(label: str) -> Iterator[None]:
         ) from error
 
 
-def cache_config_from(config: Any, has_separate_cfg: bool) -> DBCacheConfig:
-    """Our DBCacheConfig from SGLang's ``CacheDitConfig`` (duck-typed: SGLang's dataclass)."""
-    return DBCacheConfig(
-        num_inference_steps=config.num_inference_steps,
-        Fn_compute_blocks=config.Fn_compute_blocks,
-        Bn_compute_blocks=config.Bn_compute_blocks,
-        max_warmup_steps=config.max_warmup_steps,
-        residual_diff_threshold=config.residual_diff_threshold,
-        max_continuous_cached_steps=config.max_continuous_cached_steps,
-        steps_computation_mask=config.steps_computation_mask,
-        steps_computation_policy=config.steps_computation_policy or "dynamic",
-        # SGLang knows whether this run makes separate cond/uncond calls (CFG on and not
-        # CFG-parallel); the registry's per-family guess would miscount otherwise.
-        enable_separate_cfg=has_separate_cfg,
-    )
-
-
-def calibrator_config_from(config: Any, label: str = "transformer") -> Optional[TaylorSeerCalibratorConfig]:
+def _calibrator_settings(config: Any, label: str) -> Dict[str, Any]:
     if config.enable_dmd and config.enable_taylorseer:
         # Same rule and wording as SGLang's _assert_calibrator_exclusive.
         raise ValueError(
@@ -165,9 +149,35 @@ def calibrator_config_from(config: Any, label: str = "transformer") -> Optional[
             what_works="SGLANG_CACHE_DIT_TAYLORSEER=true (or enable_taylorseer) or no calibrator; "
             f"or {SWITCH_ENV}=stock to use cache-dit's DMD",
         )
-    if config.enable_taylorseer:
-        return TaylorSeerCalibratorConfig(taylorseer_order=config.taylorseer_order)
-    return None
+    return {"enable_taylorseer": bool(config.enable_taylorseer), "taylorseer_order": config.taylorseer_order}
+
+
+def translate(config: Any, has_separate_cfg: bool, label: str = "transformer") -> FrameworkCacheConfig:
+    """Our configs from SGLang's ``CacheDitConfig`` (duck-typed), through the flat translation
+    vLLM-Omni's settings take too, so both validate alike."""
+    return FrameworkCacheConfig.from_flat(
+        {
+            "num_inference_steps": config.num_inference_steps,
+            "Fn_compute_blocks": config.Fn_compute_blocks,
+            "Bn_compute_blocks": config.Bn_compute_blocks,
+            "max_warmup_steps": config.max_warmup_steps,
+            "residual_diff_threshold": config.residual_diff_threshold,
+            "max_continuous_cached_steps": config.max_continuous_cached_steps,
+            "steps_computation_mask": config.steps_computation_mask,
+            "steps_computation_policy": config.steps_computation_policy or "dynamic",
+            # SGLang knows whether this run makes separate cond/uncond calls (CFG on and not
+            # CFG-parallel); the registry's per-family guess would miscount otherwise.
+            "enable_separate_cfg": has_separate_cfg,
+            **_calibrator_settings(config, label),
+        }
+    )
+
+
+def _plan(target: Any, config: Any, has_separate_cfg: bool, label: str, group: Any) -> EnablePlan:
+    translated = translate(config, has_separate_cfg, label)
+    return EnablePlan(
+        target, translated.cache_config, translated.calibrator_config, group, label=label
+    )
 
 
 def _require_steps(config: Any) -> None:
@@ -181,12 +191,7 @@ def _require_steps(config: Any) -> None:
 # -- which blocks ---------------------------------------------------------------------------------
 
 
-def _our_pattern(pattern: Any) -> ForwardPattern:
-    """SGLang's specs hold cache-dit ForwardPattern members (or their names)."""
-    return ForwardPattern[getattr(pattern, "name", pattern)]
-
-
-def _custom_adapter(transformer: torch.nn.Module, has_separate_cfg: bool) -> Optional[BlockAdapter]:
+def _custom_adapter(transformer: torch.nn.Module, has_separate_cfg: bool) -> Optional[Any]:
     """SGLang's own block specs for models cache-dit's registry lacks, read from SGLang at call
     time so new SGLang specs are picked up; None for every other model (our registry decides)."""
     from sglang.multimodal_gen.runtime.cache import cache_dit_integration as integration
@@ -206,26 +211,19 @@ def _custom_adapter(transformer: torch.nn.Module, has_separate_cfg: bool) -> Opt
     if name == "Kandinsky6Transformer3DModel":
         # The second stream is evolving audio, not static text conditioning.
         attr = "visual_transformer_blocks"
-        pattern = ForwardPattern.Pattern_0 if transformer.config.is_multimodal else ForwardPattern.Pattern_2
+        pattern = "Pattern_0" if transformer.config.is_multimodal else "Pattern_2"
     else:
-        attr, pattern = specs[name].blocks_attr, _our_pattern(specs[name].forward_pattern)
-    blocks = getattr(transformer, attr, None)
-    if blocks is None:
+        attr, pattern = specs[name].blocks_attr, specs[name].forward_pattern
+    if getattr(transformer, attr, None) is None:
         raise ValueError(
             f"Transformer {type(transformer).__name__} has no attribute {attr!r} for cache-dit blocks."
         )
-    return BlockAdapter(
-        transformer=transformer,
-        blocks=blocks,
-        blocks_name=attr,
-        forward_pattern=pattern,
-        has_separate_cfg=has_separate_cfg,
-    )
+    return declared_adapter(transformer, {attr: pattern}, has_separate_cfg=has_separate_cfg)
 
 
 def _dual_adapters(
     model_name: str, transformers: Sequence[torch.nn.Module], has_separate_cfg: bool
-) -> List[BlockAdapter]:
+) -> List[Any]:
     """One adapter per transformer, from SGLang's DUAL_TRANSFORMER_BLOCK_ADAPTER_SPECS."""
     from sglang.multimodal_gen.runtime.cache import cache_dit_integration as integration
 
@@ -244,13 +242,11 @@ def _dual_adapters(
                 f"{spec.blocks_attr}; {type(module).__name__} has no {attr!r}"
             )
         adapters.append(
-            BlockAdapter(
-                transformer=module,
-                blocks=blocks,
-                blocks_name=attr,
-                forward_pattern=_our_pattern(pattern),
-                check_forward_pattern=spec.check_forward_pattern,
+            declared_adapter(
+                module,
+                {attr: pattern},
                 has_separate_cfg=spec.has_separate_cfg and has_separate_cfg,
+                check_forward_pattern=spec.check_forward_pattern,
             )
         )
     return adapters
@@ -287,6 +283,10 @@ def decision_group(
 # -- the five integration functions ----------------------------------------------------------------
 
 
+def _guard(plan: EnablePlan) -> contextlib.AbstractContextManager:
+    return naming_sources(plan.label)
+
+
 def enable_cache_on_transformer(
     transformer: torch.nn.Module,
     config: Any,
@@ -296,24 +296,19 @@ def enable_cache_on_transformer(
     has_separate_cfg: bool = False,
     joint_cfg_decision: bool = False,
 ) -> torch.nn.Module:
-    """Replaces SGLang's function of the same name: cache ``transformer`` with our engine."""
+    """Replaces SGLang's function of the same name: cache ``transformer`` with our engine.
+
+    The block lists come from SGLang's own specs for the models it declares, else from the model
+    table or inference, exactly as ``enable_cache`` and ``CacheDiTBackend`` find them.
+    """
     if not config.enabled:
         return transformer
     _require_steps(config)
     target = _custom_adapter(transformer, has_separate_cfg) or transformer
-    if target is transformer and not BlockAdapterRegister.is_supported(transformer):
-        raise UnsupportedModelError(
-            f"{type(transformer).__name__} is not supported by dit_cache_backend: no SGLang "
-            "custom block spec and no registered family matches it. Set "
-            f"{SWITCH_ENV}=stock to use cache-dit, or register a BlockAdapter factory."
-        )
+    group = decision_group(sp_group, tp_group, joint_cfg_decision)
     with naming_sources(model_name):
-        enable_cache(
-            target,
-            cache_config=cache_config_from(config, has_separate_cfg),
-            calibrator_config=calibrator_config_from(config, model_name),
-            process_group=decision_group(sp_group, tp_group, joint_cfg_decision),
-        )
+        plan = _plan(target, config, has_separate_cfg, model_name, group)
+    enable_all([plan], guard=_guard)
     logger.info(
         "dit_cache_backend enabled on %s (%s, steps=%s)",
         model_name,
@@ -337,41 +332,21 @@ def enable_cache_on_dual_transformer(
 
     Each transformer gets its own context with its own config (primary: ``SGLANG_CACHE_DIT_*``,
     secondary: ``SGLANG_CACHE_DIT_SECONDARY_*``) and step count, as cache-dit's two
-    ParamsModifiers do; both are validated before either is touched.
+    ParamsModifiers do; both are validated before either is touched, and both are enabled or
+    neither.
     """
     adapters = _dual_adapters(model_name, (transformer, transformer_2), has_separate_cfg)
     if not primary_config.enabled:
         return transformer, transformer_2
     _require_steps(primary_config)
+    group = decision_group(sp_group, tp_group)
     plans = []
     for adapter, config, label in zip(
         adapters, (primary_config, secondary_config), ("primary", "secondary")
     ):
         with naming_sources(label):
-            plans.append(
-                (
-                    adapter,
-                    label,
-                    cache_config_from(config, adapter.has_separate_cfg),
-                    calibrator_config_from(config, label),
-                )
-            )
-    group = decision_group(sp_group, tp_group)
-    enabled: List[BlockAdapter] = []
-    try:
-        for adapter, label, cache_config, calibrator_config in plans:
-            with naming_sources(label):
-                enable_cache(
-                    adapter,
-                    cache_config=cache_config,
-                    calibrator_config=calibrator_config,
-                    process_group=group,
-                )
-            enabled.append(adapter)
-    except BaseException:
-        for adapter in enabled:  # never leave one expert cached and the other not
-            disable_cache(adapter.transformer)
-        raise
+            plans.append(_plan(adapter, config, adapter.has_separate_cfg, label, group))
+    enable_all(plans, guard=_guard)
     logger.info(
         "dit_cache_backend enabled on %s dual transformers (steps=%s, %s)",
         model_name,
@@ -381,26 +356,24 @@ def enable_cache_on_dual_transformer(
     return transformer, transformer_2
 
 
-def _preset_mask(scm_preset: Optional[str], num_inference_steps: int) -> Optional[List[int]]:
-    if scm_preset is None or scm_preset == "none":
-        return None
-    return steps_mask(mask_policy=scm_preset, total_steps=num_inference_steps)
-
-
 def _refresh(
     transformer: torch.nn.Module,
     num_inference_steps: int,
     mask: Optional[List[int]],
+    scm_preset: Optional[str],
     policy: Optional[str],
 ) -> None:
-    if session_of(transformer) is None:
+    if not is_cached(transformer):
         logger.warning("refresh skipped: caching is not enabled on %s", type(transformer).__name__)
         return
+    if mask is None and scm_preset not in (None, "none"):
+        with naming_sources("SCM"):
+            mask = request_mask(scm_preset, num_inference_steps)
     # Every field is given (a None mask clears the previous request's), so each request starts
     # with fresh state sized for its own step count.
-    refresh_context(
+    refresh_target(
         transformer,
-        num_inference_steps=num_inference_steps,
+        num_inference_steps,
         steps_computation_mask=mask,
         steps_computation_policy=policy or "dynamic",
     )
@@ -415,10 +388,9 @@ def refresh_context_on_transformer(
     steps_computation_policy: Optional[str] = None,
 ) -> None:
     """Replaces SGLang's per-request refresh: fresh context sized for this request."""
-    mask = steps_computation_mask
-    if mask is None:
-        mask = _preset_mask(scm_preset, num_inference_steps)
-    _refresh(transformer, num_inference_steps, mask, steps_computation_policy)
+    _refresh(
+        transformer, num_inference_steps, steps_computation_mask, scm_preset, steps_computation_policy
+    )
 
 
 def refresh_context_on_dual_transformer(
@@ -436,15 +408,12 @@ def refresh_context_on_dual_transformer(
     masks = [steps_computation_mask, steps_computation_mask_2]
     counts = [num_high_noise_steps, num_low_noise_steps]
     for module, steps, mask in zip((transformer, transformer_2), counts, masks):
-        if mask is None:
-            mask = _preset_mask(scm_preset, steps)
-        _refresh(module, steps, mask, steps_computation_policy)
+        _refresh(module, steps, mask, scm_preset, steps_computation_policy)
 
 
 def disable_cache_on_transformer(transformer: torch.nn.Module) -> torch.nn.Module:
     """Replaces SGLang's unmount: original forward and block lists restored exactly."""
-    if session_of(transformer) is not None:
-        disable_cache(transformer)
+    disable_all([transformer])
     return transformer
 
 
@@ -462,16 +431,12 @@ def get_scm_mask(
     if preset == "none" and not (compute_bins and cache_bins):
         return None
     with naming_sources("SCM"):
-        try:
-            return steps_mask(
-                compute_bins=compute_bins,
-                cache_bins=cache_bins,
-                total_steps=num_inference_steps,
-                mask_policy=preset if preset != "none" else "medium",
-            )
-        except UnsupportedStepCountError as error:
-            logger.warning("SCM disabled for this request: %s", error)
-            return None
+        return request_mask(
+            preset if preset != "none" else None,
+            num_inference_steps,
+            compute_bins=compute_bins,
+            cache_bins=cache_bins,
+        )
 
 
 # -- the diffusers backend ------------------------------------------------------------------------
@@ -480,14 +445,13 @@ def get_scm_mask(
 def apply_cache_dit(self: Any, pipe: Any, server_args: Any) -> Any:
     """Replaces ``DiffusersPipeline._apply_cache_dit``: ``--cache-dit-config`` through our loader.
 
-    ``parallelism_config``, ``quantize_config`` and ``attention_backend`` sections parse and
-    validate, then fail with NotSupportedYetError before the pipeline is touched.
+    Every section applies (docs/scaling.md): ``parallelism_config`` on diffusers' context
+    parallelism over the torchrun world, ``quantize_config`` on torchao, ``attention_backend``.
     """
     source = server_args.cache_dit_config
     if not source:
         return pipe
-    options = load_configs(source)
-    enable_cache(pipe, **options)
+    enable_from_configs(pipe, source)
     logger.info("dit_cache_backend enabled on diffusers pipeline %s", type(pipe).__name__)
     self._cache_dit_enabled = True
     return pipe
@@ -498,29 +462,19 @@ def apply_cache_dit(self: Any, pipe: Any, server_args: Any) -> Any:
 
 def stats_records(backend: str, modules: Sequence[Any]) -> List[Dict[str, Any]]:
     """One JSON-ready record per cache context of the cached modules (others are skipped)."""
-    records = []
-    for module in modules:
-        if module is None or session_of(module) is None:
-            continue
-        for stats in summary(module, logging=False)[:-1]:  # the last one mirrors the last list
-            cache_config = stats.cache_options["cache_config"]
-            records.append(
-                {
-                    "engine": "dit_cache_backend",
-                    "backend": backend,
-                    "pid": os.getpid(),
-                    "module": type(module).__name__,
-                    "context": stats.name,
-                    "num_inference_steps": cache_config.num_inference_steps,
-                    "config": cache_config.strify(),
-                    "calibrator": type(stats.cache_options["calibrator_config"]).__name__,
-                    "cached_steps": list(stats.cached_steps),
-                    "computed_steps": stats.computed_steps,
-                    "executed_steps": stats.executed_steps,
-                    "decisions": len(stats.decisions),
-                }
-            )
-    return records
+    return [
+        {
+            "engine": "dit_cache_backend",
+            "backend": backend,
+            "pid": os.getpid(),
+            "module": type(module).__name__,
+            "context": record.name,
+            **{k: v for k, v in dataclasses.asdict(record).items() if k != "name"},
+            "executed_steps": len(record.steps),
+        }
+        for module in modules
+        for record in context_records([module])
+    ]
 
 
 def _append_stats(backend: str, modules: Sequence[Any]) -> None:

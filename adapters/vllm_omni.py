@@ -17,7 +17,6 @@ Set ``DIT_CACHE_BACKEND_VLLM_OMNI=builtin`` to keep vLLM-Omni's own cache-dit fo
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import importlib
@@ -26,12 +25,10 @@ import logging
 import os
 import sys
 from types import ModuleType
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from dit_cache_backend.backend import CacheDiTBackend as Engine
+from dit_cache_backend.backend import CacheDiTBackend, RequestRecord
 from dit_cache_backend.errors import ConfigError
-from dit_cache_backend.policy import COND
-from dit_cache_backend.stats import summary
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +52,6 @@ RUNNER_MODULE = CALL_SITE_MODULES[0]
 
 _WRAPPED_MARK = "_dit_cache_backend_wrapped"
 PIPELINE_ATTR = "_dit_cache_backend"
-# Per-request records kept per backend: enough to look back over a warm-up and a few requests.
-REQUEST_LOG_SIZE = 32
 
 
 class RegistrationError(RuntimeError):
@@ -92,46 +87,6 @@ def _warn_bad_switch(value: str) -> None:
 def our_names() -> Tuple[str, ...]:
     """Backend names that resolve to this engine right now."""
     return (OUR_NAME,) if builtin_cache_dit_requested() else (OUR_NAME, CACHE_DIT_NAME)
-
-
-# -- per-request statistics -------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ContextRecord:
-    """What one cache context did during one request (plain data: it crosses process boundaries)."""
-
-    name: str
-    num_inference_steps: Optional[int]  # the step count the context was sized for
-    steps: Tuple[int, ...]  # every diffusion step the context saw (cond branch)
-    computed_steps: Tuple[int, ...]
-    cached_steps: Tuple[int, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class RequestRecord:
-    """One refresh of the backend and what the request after it did."""
-
-    num_inference_steps: int
-    contexts: Tuple[ContextRecord, ...]
-
-
-def _context_records(targets: Tuple[Any, ...]) -> Tuple[ContextRecord, ...]:
-    records = []
-    for target in targets:
-        # summary() appends a copy of the last entry (cache-dit's shape); skip it.
-        for stats in summary(target, logging=False)[:-1]:
-            config = stats.cache_options.get("cache_config")
-            records.append(
-                ContextRecord(
-                    name=stats.name,
-                    num_inference_steps=getattr(config, "num_inference_steps", None),
-                    steps=tuple(sorted({d.step for d in stats.decisions if d.branch == COND})),
-                    computed_steps=tuple(stats.computed_steps),
-                    cached_steps=tuple(stats.cached_steps),
-                )
-            )
-    return tuple(records)
 
 
 # -- the backend ------------------------------------------------------------------------------
@@ -180,9 +135,7 @@ def backend_class() -> type:
             # Skip vLLM-Omni's CacheDiTBackend.__init__: its state belongs to cache-dit.
             CacheBackend.__init__(self, cache_config)
             # Translates and validates; a bad cache_config fails here, at worker start-up.
-            self.engine = Engine(cache_config)
-            self._requests: Deque[RequestRecord] = collections.deque(maxlen=REQUEST_LOG_SIZE)
-            self._open_request: Optional[int] = None
+            self.engine = CacheDiTBackend(cache_config)
 
         def enable(self, pipeline: Any) -> None:
             self.engine.enable(pipeline)
@@ -194,12 +147,9 @@ def backend_class() -> type:
             )
 
         def refresh(self, pipeline: Any, num_inference_steps: int, verbose: bool = True) -> None:
-            self._close_request()
             self.engine.refresh(pipeline, num_inference_steps, verbose)
-            self._open_request = num_inference_steps
 
         def disable(self, pipeline: Any) -> None:
-            self._close_request()
             self.engine.disable(pipeline)
             if getattr(pipeline, PIPELINE_ATTR, None) is self:
                 delattr(pipeline, PIPELINE_ATTR)
@@ -210,20 +160,10 @@ def backend_class() -> type:
 
         def request_records(self) -> List[RequestRecord]:
             """Finished requests (oldest first), then the one running or last run."""
-            records = list(self._requests)
-            if self._open_request is not None:
-                records.append(RequestRecord(self._open_request, _context_records(self.engine.targets)))
-            return records
+            return self.engine.request_records()
 
         def log_summary(self, details: bool = True) -> None:
-            for target in self.engine.targets:
-                summary(target, details=details)
-
-        def _close_request(self) -> None:
-            # Snapshot the finished request before refresh() starts its contexts afresh.
-            if self._open_request is not None:
-                self._requests.append(RequestRecord(self._open_request, _context_records(self.engine.targets)))
-                self._open_request = None
+            self.engine.log_summary(details)
 
         def __repr__(self) -> str:
             return f"DitCacheBackend({self.engine!r})"

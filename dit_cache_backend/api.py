@@ -4,52 +4,43 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, List, Optional, Tuple
+import weakref
+from typing import Any, Optional, Tuple
 
-from .adapter import (
-    BlockAdapter,
-    BlockAdapterRegister,
-    CachedListSpec,
-    adapter_for,
-    flatten_modifiers,
-    is_pipeline,
-    merge_modifier,
-    resolve_adapter,
-)
+import torch
+
+from .block_adapter import CachedListSpec, is_pipeline
 from .config import (
+    BasicCacheConfig,
     CalibratorConfig,
     CacheType,
     ConfigOverride,
     DBCacheConfig,
-    ensure_supported,
+    ParallelismConfig,
+    QuantizeConfig,
     load_cache_config,
     refreshed_calibrator,
     split_flat_options,
 )
 from .errors import ConfigError, DitCacheError
+from .resolve import (
+    adapter_for,
+    flatten_modifiers,
+    merge_modifier,
+    resolve_adapter,
+    resolve_separate_cfg,
+)
+from .scaleout import ScaleOutPlan
+from .scaleout.attention import check_backend, set_backend
+from .scaleout.device import module_device
 from .session import CacheSession, session_of
 
 logger = logging.getLogger(__name__)
 
-_NO_ATTR = object()
+# The scale-out steps each session applied, for disable_cache to revert what can be reverted.
+_SCALEOUT: "weakref.WeakKeyDictionary[CacheSession, ScaleOutPlan]" = weakref.WeakKeyDictionary()
 
-# Pipelines whose denoising loop calls the transformer twice per step (cond, then uncond), by
-# class-name prefix; cache-dit's list (spec §2.2).
-SEPARATE_CFG_PREFIXES = (
-    "QwenImage",
-    "Wan",
-    "CogView4",
-    "Cosmos",
-    "SkyReelsV2",
-    "Chroma",
-    "Lumina2",
-    "Kandinsky5",
-    "ChronoEdit",
-    "HunyuanVideo15",
-    "OvisImage",
-    "BooguImage",
-    "JoyImage",
-)
+_NO_ATTR = object()
 
 
 def _merge_shorthand(
@@ -80,7 +71,7 @@ def _merge_shorthand(
 
 
 def _check_types(cache_config: Any, calibrator_config: Any) -> None:
-    if cache_config is not None and not isinstance(cache_config, DBCacheConfig):
+    if cache_config is not None and not isinstance(cache_config, BasicCacheConfig):
         raise ConfigError(
             "cache_config", type(cache_config).__name__, "a DBCacheConfig (or DBPruneConfig)"
         )
@@ -88,7 +79,7 @@ def _check_types(cache_config: Any, calibrator_config: Any) -> None:
         raise ConfigError(
             "calibrator_config",
             type(calibrator_config).__name__,
-            "None or a TaylorSeerCalibratorConfig",
+            "None or a CalibratorConfig (TaylorSeer, FoCa or DMD)",
         )
 
 
@@ -123,46 +114,27 @@ def _check_against_blocks(spec: CachedListSpec, config: DBCacheConfig) -> None:
         )
 
 
-def _resolve_separate_cfg(config: DBCacheConfig, adapter: BlockAdapter, obj: Any) -> bool:
-    if config.enable_separate_cfg is not None:
-        return bool(config.enable_separate_cfg)
-    if adapter.has_separate_cfg:
-        return True
-    pipe = adapter.pipe if adapter.pipe is not None else (obj if is_pipeline(obj) else None)
-    if pipe is None:
-        return False
-    if BlockAdapterRegister.has_separate_cfg(pipe):
-        return True
-    return type(pipe).__name__.startswith(SEPARATE_CFG_PREFIXES)
-
-
-def _has_hooks(specs: List[CachedListSpec]) -> bool:
-    return any(
-        hasattr(spec.transformer, "_hf_hook") or hasattr(spec.transformer, "_diffusers_hook")
-        for spec in specs
-    )
-
-
 def enable_cache(
     pipe_or_adapter: Any,
     cache_config: Optional[DBCacheConfig] = None,
     calibrator_config: Optional[CalibratorConfig] = None,
     params_modifiers: Any = None,
-    parallelism_config: Any = None,
+    parallelism_config: Optional[ParallelismConfig] = None,
     attention_backend: Optional[str] = None,
-    quantize_config: Any = None,
+    quantize_config: Optional[QuantizeConfig] = None,
     *,
     process_group: Optional[object] = None,
     **shorthand: Any,
 ) -> Any:
     """Cache the transformer block lists of a pipeline, a transformer or a ``BlockAdapter``.
 
-    Everything is validated before the model is touched: a failed call leaves it exactly as it was.
-    ``process_group`` (ours) is the group whose ranks must agree on every decision; by default the
-    world group when torch.distributed is initialized.
-    Returns the object that was passed in.
+    ``parallelism_config``, ``quantize_config`` and ``attention_backend`` are applied after the
+    cache, in that order, by diffusers' context parallelism, torchao and diffusers' attention
+    dispatch (docs/scaling.md). Every section is validated before the model is touched: a failed
+    call leaves it exactly as it was. ``process_group`` (ours) is the group whose ranks must agree
+    on every decision; by default the transformer's context-parallel group, else the world group
+    when torch.distributed is initialized. Returns the object that was passed in.
     """
-    ensure_supported(parallelism_config, quantize_config, attention_backend)
     cache_config, calibrator_config = _merge_shorthand(cache_config, calibrator_config, shorthand)
     if cache_config.cache_type == CacheType.NONE:
         # cache-dit means to skip caching here (its check never fires, and it caches anyway).
@@ -180,12 +152,11 @@ def enable_cache(
             "call disable_cache() first, or refresh_context() to change its settings"
         )
     adapter = adapter_for(pipe_or_adapter)
-    specs = resolve_adapter(adapter, has_hooks=False)
-    specs = resolve_adapter(adapter, has_hooks=_has_hooks(specs))
+    specs = resolve_adapter(adapter)
     modifiers = flatten_modifiers(
         params_modifiers if params_modifiers is not None else adapter.params_modifiers, len(specs)
     )
-    separate_cfg = _resolve_separate_cfg(cache_config, adapter, pipe_or_adapter)
+    separate_cfg = resolve_separate_cfg(cache_config, adapter, pipe_or_adapter)
     configs = [merge_modifier(cache_config, calibrator_config, m) for m in modifiers]
     for spec, (config, _) in zip(specs, configs):
         # Our copies record the resolved value (cache-dit writes it into the user's object).
@@ -195,6 +166,13 @@ def enable_cache(
     pipeline = pipe_or_adapter if is_pipeline(pipe_or_adapter) else None
     if pipeline is None and adapter.pipe is not None and is_pipeline(adapter.pipe):
         pipeline = adapter.pipe
+    scaleout = ScaleOutPlan.check(
+        list({id(spec.transformer): spec.transformer for spec in specs}.values()),
+        parallelism_config=parallelism_config,
+        quantize_config=quantize_config,
+        attention_backend=attention_backend,
+        pipeline=pipeline,
+    )
     session = CacheSession(
         specs,
         configs,
@@ -203,6 +181,7 @@ def enable_cache(
         process_group=process_group,
     )
     session.install()
+    _apply_scaleout(session, scaleout, explicit_group=process_group is not None)
     logger.info(
         "dit_cache_backend: caching %d block list(s) of %s in %s mode: %s",
         len(specs),
@@ -216,14 +195,53 @@ def enable_cache(
     return pipe_or_adapter
 
 
+def _apply_scaleout(session: CacheSession, scaleout: ScaleOutPlan, *, explicit_group: bool) -> None:
+    """Parallelism, quantization, attention backend after the cache; on failure nothing stays."""
+    try:
+        scaleout.apply()
+    except BaseException:
+        scaleout.undo()
+        session.uninstall()
+        raise
+    _SCALEOUT[session] = scaleout
+    group = None if explicit_group else scaleout.process_group()
+    if group is not None:
+        # Decisions must agree over the ranks that share one sample: the context-parallel group.
+        for context in session.contexts.values():
+            context.process_group = group
+
+
 def disable_cache(pipe_or_adapter: Any) -> Any:
-    """Remove caching: original forward, module tree and ``__call__`` restored exactly."""
+    """Remove caching: original forward, module tree and ``__call__`` restored exactly.
+
+    A top-level ``attention_backend`` given to ``enable_cache`` is reverted too; parallelism
+    (with its attention backend) and quantization stay, as in cache-dit.
+    """
     session = session_of(pipe_or_adapter)
     if session is None:
         logger.warning("disable_cache: caching is not enabled on %s", type(pipe_or_adapter).__name__)
         return pipe_or_adapter
     session.uninstall()
+    scaleout = _SCALEOUT.pop(session, None)
+    if scaleout is not None:
+        scaleout.undo()
     return pipe_or_adapter
+
+
+def set_attn_backend(pipe_or_adapter: Any, attention_backend: Optional[str] = None) -> None:
+    """cache-dit's ``set_attn_backend``: set a diffusers attention backend on the transformer(s).
+
+    The name is checked for this device first; the process-wide default stays as it was (diffusers'
+    ``set_attention_backend`` would change it for every model). Nothing happens for ``None``.
+    """
+    if attention_backend is None:
+        return
+    if isinstance(pipe_or_adapter, torch.nn.Module) and not is_pipeline(pipe_or_adapter):
+        models = [pipe_or_adapter]
+    else:
+        specs = resolve_adapter(adapter_for(pipe_or_adapter))
+        models = list({id(spec.transformer): spec.transformer for spec in specs}.values())
+    set_backend(models, check_backend(attention_backend, module_device(models)))
 
 
 def refresh_context(transformer: Any, **kwargs: Any) -> Any:

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from .calibrators import TaylorSeerCalibrator
+from .calibrators import Calibrator
 from .config import CalibratorConfig, DBCacheConfig
 from .policy import BRANCHES, CallIdentity, PolicySettings, StepPolicy
 
@@ -31,16 +31,15 @@ def relative_l1(
 ) -> float:
     """``mean|previous - current| / mean|previous|``, the same on every rank of the group.
 
-    Every rank must take the same decision (rule 6 of DESIGN.md): under torch.distributed both
-    means are summed across the group before dividing.
+    Every rank must take the same decision (rule 6 of DESIGN.md). Under torch.distributed the
+    sums, not the means, are reduced across the group: the ratio of the global sums is the
+    single-process ratio even when the shards are uneven.
     """
-    mean_diff = (previous - current).abs().mean()
-    mean_previous = previous.abs().mean()
     if _is_distributed(process_group):
-        stacked = torch.stack([mean_diff, mean_previous])
+        stacked = torch.stack([(previous - current).abs().sum(), previous.abs().sum()])
         dist.all_reduce(stacked, op=dist.ReduceOp.SUM, group=process_group)
-        mean_diff, mean_previous = stacked[0], stacked[1]
-    return (mean_diff / mean_previous).item()
+        return (stacked[0] / stacked[1]).item()
+    return ((previous - current).abs().mean() / previous.abs().mean()).item()
 
 
 def _is_distributed(process_group: Optional[object]) -> bool:
@@ -159,12 +158,11 @@ class CacheContext(BlockListContext):
         self.fn_residuals: Dict[str, torch.Tensor] = {}
         self.middle: Dict[Tuple[str, str], torch.Tensor] = {}
         calibrator = self.calibrator_config
-        self.calibrators: Dict[str, TaylorSeerCalibrator] = {}
+        self.calibrators: Dict[str, Calibrator] = {}
         if calibrator is not None and (
             calibrator.enable_calibrator or calibrator.enable_encoder_calibrator
         ):
-            order = getattr(calibrator, "taylorseer_order", 1)
-            self.calibrators = {branch: TaylorSeerCalibrator(order) for branch in BRANCHES}
+            self.calibrators = {branch: calibrator.make_calibrator() for branch in BRANCHES}
 
     def decide(self, fn_residual: torch.Tensor) -> Tuple[bool, str, Optional[float]]:
         """Whether this call may reuse the cached middle residual, why, and the diff it recorded."""
@@ -210,6 +208,5 @@ class CacheContext(BlockListContext):
     def tensors(self) -> List[torch.Tensor]:
         found: List[torch.Tensor] = [*self.fn_residuals.values(), *self.middle.values()]
         for calibrator in self.calibrators.values():
-            for stream in calibrator.streams.values():
-                found.extend(term for term in stream.terms if term is not None)
+            found.extend(calibrator.tensors())
         return found

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Mapping, Optional
 
-from .config import CalibratorConfig, DBCacheConfig, calibrator_from_options
+from .config import BasicCacheConfig, CalibratorConfig, DBCacheConfig, calibrator_from_options
 from .errors import ConfigError, UnknownKeyError
 from .scm import MASK_POLICIES
 
@@ -101,7 +101,7 @@ class FrameworkCacheConfig:
             return cls.from_flat({})
         if isinstance(config, FrameworkCacheConfig):
             return config
-        if isinstance(config, DBCacheConfig):
+        if isinstance(config, BasicCacheConfig):
             return cls(config.copy())
         if isinstance(config, Mapping):
             return cls.from_flat(config)

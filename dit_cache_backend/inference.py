@@ -32,14 +32,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .adapter import BlockAdapter, is_pipeline
+from .block_adapter import TRANSFORMER_ATTRS, BlockAdapter, is_pipeline
 from .errors import UnsupportedModelError
 from .patterns import ENCODER, HIDDEN, ForwardPattern
 
 logger = logging.getLogger(__name__)
 
 BLOCK_LIST_NAME = re.compile(r"(^|_)(blocks|layers)$")
-TRANSFORMER_ATTRS = ("transformer", "transformer_2")
 # A grad-checkpointing call receives the block as an argument instead of calling it.
 CHECKPOINT_CALL = "_gradient_checkpointing_func"
 

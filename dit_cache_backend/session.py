@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 
-from .adapter import CachedListSpec, get_submodule_parent
+from .block_adapter import CachedListSpec, get_submodule_parent
 from .blocks import BlockListRunner
 from .context import BlockListContext
 from .errors import DitCacheError
