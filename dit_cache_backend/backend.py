@@ -206,6 +206,7 @@ class ContextRecord:
     computed_steps: Tuple[int, ...]
     cached_steps: Tuple[int, ...]
     decisions: int  # transformer calls decided (both CFG branches)
+    cached_tensors: int  # what the context holds until the next request (memory accounting)
 
 
 def context_records(targets: Sequence[Any]) -> Tuple[ContextRecord, ...]:
@@ -228,6 +229,7 @@ def context_records(targets: Sequence[Any]) -> Tuple[ContextRecord, ...]:
                     computed_steps=tuple(stats.computed_steps),
                     cached_steps=tuple(stats.cached_steps),
                     decisions=len(stats.decisions),
+                    cached_tensors=stats.cached_tensors,
                 )
             )
     return tuple(records)

@@ -23,6 +23,7 @@ from dit_cache_backend import (
     ConfigError,
     DBCacheConfig,
     UnsupportedModelError,
+    contexts_summary,
     disable_cache,
     enable_cache,
     summary,
@@ -111,7 +112,7 @@ def run(request: pytest.FixtureRequest) -> CachedRun:
         enable_cache(model, cache_config=DBCacheConfig(**CONFIG))
         cached = [_output(model, inputs) for inputs in calls]
         keys.append(list(model.state_dict()))
-        contexts = summary(model, logging=False)[:-1]
+        contexts = contexts_summary(model)
         disable_cache(model)
         after_disable = [_output(model, inputs) for inputs in calls]
     keys.append(list(model.state_dict()))
@@ -175,7 +176,7 @@ def test_chroma_blocks_get_their_own_modulation_slice() -> None:
     model = tm.TINY_TRANSFORMERS["ChromaTransformer2DModel"].build()
     enable_cache(model, cache_config=DBCacheConfig(**CONFIG))
     try:
-        names = [entry.name for entry in summary(model, logging=False)[:-1]]
+        names = [entry.name for entry in contexts_summary(model)]
     finally:
         disable_cache(model)
     assert names == ["transformer.transformer_blocks", "transformer.single_transformer_blocks"]
@@ -191,7 +192,7 @@ def test_sd3_tiny_model_ends_with_a_context_pre_only_block() -> None:
 def test_flux_caches_all_blocks_in_one_context() -> None:
     model = tm.TINY_TRANSFORMERS["FluxTransformer2DModel"].build()
     enable_cache(model, cache_config=DBCacheConfig(**CONFIG))
-    contexts = summary(model, logging=False)[:-1]
+    contexts = contexts_summary(model)
     disable_cache(model)
     assert [c.name for c in contexts] == ["transformer.transformer_blocks"]
 
@@ -302,7 +303,7 @@ def _cached_pipeline_contexts(pipe: Any, kwargs: Dict[str, Any]) -> List[Any]:
     enable_cache(pipe, cache_config=DBCacheConfig(**CONFIG))
     try:
         _pipeline_run(pipe, kwargs)
-        return summary(pipe, logging=False)[:-1]
+        return contexts_summary(pipe)
     finally:
         disable_cache(pipe)
 

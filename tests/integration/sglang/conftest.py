@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # http_load.py
 
 # Outside the SGLang CI venv (e.g. `pytest tests` in the dev venv) there is nothing to run.
 collect_ignore_glob = [] if importlib.util.find_spec("sglang") else ["test_*.py"]
