@@ -72,20 +72,34 @@ _MASK_KEY = "steps_computation_mask"
 logger = logging.getLogger(__name__)
 
 
-def request_mask(policy: Optional[str], num_inference_steps: Optional[int]) -> Optional[list[int]]:
-    """The steps mask of one request: ``policy``'s preset expanded for its step count.
+def request_mask(
+    policy: Optional[str],
+    num_inference_steps: Optional[int],
+    *,
+    compute_bins: Optional[list[int]] = None,
+    cache_bins: Optional[list[int]] = None,
+) -> Optional[list[int]]:
+    """The steps mask of one request: custom bins when both are given, else ``policy``'s preset,
+    expanded for the request's step count.
 
     Every front door (configs, refresh_context, the serving backends) builds a request's mask
-    here. ``None`` when there is no policy or no step count, or when the preset has no mask for
-    that count (a warning; the request then runs as plain DBCache instead of failing).
+    here. ``None`` when there is neither, when the step count is unknown, or when the preset has
+    no mask for that count (a warning; the request then runs as plain DBCache instead of failing).
     """
-    if policy is None or num_inference_steps is None:
+    custom = compute_bins is not None and cache_bins is not None
+    if num_inference_steps is None or (policy is None and not custom):
         return None
     try:
-        return steps_mask(total_steps=num_inference_steps, mask_policy=policy)
+        return steps_mask(
+            compute_bins=compute_bins,
+            cache_bins=cache_bins,
+            total_steps=num_inference_steps,
+            mask_policy=policy or "medium",  # ignored with custom bins
+        )
     except UnsupportedStepCountError as exc:
         logger.warning(
-            "steps mask preset %r has no mask for num_inference_steps=%d (%s); this request runs without one",
+            "steps mask preset %r has no mask for num_inference_steps=%d (%s); "
+            "this request runs without one",
             policy,
             num_inference_steps,
             exc.allowed,

@@ -357,3 +357,19 @@ def test_mask_to_string_rejects_values_other_than_0_and_1():
     with pytest.raises(ConfigError) as excinfo:
         mask_to_string([1, 2, 0])
     _assert_names_key(excinfo, "steps_computation_mask")
+
+
+def test_request_mask_expands_a_preset_for_each_step_count():
+    from dit_cache_backend.scm import request_mask
+
+    for steps in (28, 40, 50):
+        assert request_mask("fast", steps) == steps_mask(total_steps=steps, mask_policy="fast")
+
+
+def test_request_mask_uses_custom_bins_and_is_none_without_policy_or_steps_or_preset():
+    from dit_cache_backend.scm import request_mask
+
+    assert request_mask(None, 8, compute_bins=[2, 1, 3], cache_bins=[1, 1]) == [1, 1, 0, 1, 0, 1, 1, 1]
+    assert request_mask(None, 8) is None
+    assert request_mask("fast", None) is None
+    assert request_mask("fast", 5) is None  # no preset for 5 steps: the request runs unmasked
