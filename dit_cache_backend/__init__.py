@@ -6,7 +6,7 @@ working — with DBCache, TaylorSeer, SCM steps masks and separate-CFG caching i
 
 from .block_adapter import BlockAdapter, ParamsModifier
 from .registry import BlockAdapterRegister, get_adapter, supported_pipelines
-from .api import disable_cache, enable_cache, refresh_context
+from .api import disable_cache, enable_cache, refresh_context, set_attn_backend
 from .backend import CUSTOM_DIT_ENABLERS, CacheDiTBackend, register_enabler
 from .calibrators import TaylorSeerCalibrator
 from .config import (
@@ -19,6 +19,16 @@ from .config import (
     load_cache_config,
     load_configs,
 )
+from .config import (  # scale-out sections (dit_cache_backend.scaleout applies them)
+    ParallelismBackend,
+    ParallelismConfig,
+    QuantizeBackend,
+    QuantizeConfig,
+    load_attn_backend_config,
+    load_parallelism_config,
+    load_quantize_config,
+)
+from .scaleout import set_compile_configs
 from .compat import (
     NOT_PROVIDED as _NOT_PROVIDED,
     NotProvidedError,
@@ -31,6 +41,7 @@ from .compat import (
     not_provided as _not_provided,
     supported_matrix,
 )
+from .config import DMDCalibratorConfig, FoCaCalibratorConfig
 from .errors import (
     ConfigError,
     DitCacheError,
@@ -86,7 +97,11 @@ __all__ = [
     "NONE",
     "NotProvidedError",
     "NotSupportedYetError",
+    "ParallelismBackend",
+    "ParallelismConfig",
     "ParamsModifier",
+    "QuantizeBackend",
+    "QuantizeConfig",
     "TaylorSeerCalibrator",
     "TaylorSeerCalibratorConfig",
     "UnknownKeyError",
@@ -102,13 +117,18 @@ __all__ = [
     "init_logger",
     "layerwise_cpu_offload",
     "layerwise_offload",
+    "load_attn_backend_config",
     "load_cache_config",
     "load_configs",
     "load_options",
+    "load_parallelism_config",
+    "load_quantize_config",
     "maybe_empty_cache",
     "refresh_context",
     "register_enabler",
     "remove_layerwise_offload",
+    "set_attn_backend",
+    "set_compile_configs",
     "steps_mask",
     "strify",
     "summary",
@@ -123,3 +143,5 @@ def __getattr__(name: str):
     if name in _NOT_PROVIDED:
         raise _not_provided(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+__all__ += ["DMDCalibratorConfig", "FoCaCalibratorConfig"]

@@ -10,10 +10,10 @@ import torch
 
 from .block_adapter import BlockAdapter, is_pipeline
 from .config import CacheType, load_configs
-from .context import CacheContext
+from .context import BlockListContext
 from .policy import COND, UNCOND, Decision
-from .prune import PruneContext
 from .session import CacheSession, session_of
+from .techniques import technique_for
 
 logger = logging.getLogger(__name__)
 
@@ -61,32 +61,7 @@ def _stringify_keys(diffs: Dict[int, float]) -> Dict[str, float]:
     return {str(step): diff for step, diff in sorted(diffs.items())}
 
 
-def _pruning_fields(context: CacheContext) -> Dict[str, Any]:
-    if not isinstance(context, PruneContext):
-        return {}
-
-    def ratio(branch: str) -> Optional[float]:
-        actual = sum(context.actual_blocks[branch])
-        return sum(context.pruned_blocks[branch]) / actual if actual else None
-
-    history = context.policy.histories
-    return dict(
-        residual_diffs={str(s): list(d) for s, d in sorted(context.block_diffs[COND].items())},
-        cfg_residual_diffs={
-            str(s): list(d) for s, d in sorted(context.block_diffs[UNCOND].items())
-        },
-        pruned_steps=list(history[COND].cached_steps),
-        pruned_blocks=list(context.pruned_blocks[COND]),
-        actual_blocks=list(context.actual_blocks[COND]),
-        pruned_ratio=ratio(COND),
-        cfg_pruned_steps=list(history[UNCOND].cached_steps),
-        cfg_pruned_blocks=list(context.pruned_blocks[UNCOND]),
-        cfg_actual_blocks=list(context.actual_blocks[UNCOND]),
-        cfg_pruned_ratio=ratio(UNCOND),
-    )
-
-
-def context_stats(context: CacheContext) -> CacheStats:
+def context_stats(context: BlockListContext) -> CacheStats:
     policy = context.policy
     cond, uncond = policy.histories[COND], policy.histories[UNCOND]
     stats = CacheStats(
@@ -107,7 +82,8 @@ def context_stats(context: CacheContext) -> CacheStats:
         nonfinite_diffs=context.nonfinite_diffs,
         cached_tensors=context.num_cached_tensors(),
     )
-    return dataclasses.replace(stats, **_pruning_fields(context))
+    extra = technique_for(context.cache_config.cache_type).stats_fields(context)
+    return dataclasses.replace(stats, **extra)
 
 
 SummarySource = Union[BlockAdapter, torch.nn.Module, Any]
@@ -205,13 +181,14 @@ def _log_stats(stats: CacheStats, details: bool) -> None:
     total = stats.executed_steps
     cached = len(stats.cached_steps)
     logger.info(
-        "%s: %s, cached %d/%d steps %s%s",
+        "%s: %s, cached %d/%d steps %s%s, holding %d tensors",
         stats.name,
         strify(stats),
         cached,
         total,
         stats.cached_steps,
         f", cfg cached {stats.cfg_cached_steps}" if stats.cfg_cached_steps else "",
+        stats.cached_tensors,  # what the cache keeps in memory until the next request
     )
     if details and stats.residual_diffs:
         diffs = sorted(v for v in stats.residual_diffs.values() if v >= 0)

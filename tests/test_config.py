@@ -24,7 +24,6 @@ from dit_cache_backend.config import (
     ParallelismConfig,
     QuantizeConfig,
     TaylorSeerCalibratorConfig,
-    ensure_supported,
     load_cache_config,
     load_configs,
 )
@@ -275,12 +274,11 @@ def test_misspelt_alias_conflicting_with_real_key_raises():
         DBCacheConfig().update(enable_sperate_cfg=True, enable_separate_cfg=False)
 
 
-def test_reset_clears_every_field_then_applies_overrides():
+def test_reset_gives_a_mapping_of_only_the_fields_set():
     config = DBCacheConfig().reset(num_inference_steps=50)
-    values = config.as_dict()
-    assert values.pop("num_inference_steps") == 50
-    assert set(values.values()) == {None}
-    assert DBCacheConfig().empty().as_dict() == DBCacheConfig().reset().as_dict()
+    assert config.as_dict() == {"num_inference_steps": 50}
+    assert config.Fn_compute_blocks is None  # unset: "keep the base value"
+    assert DBCacheConfig().empty().as_dict() == DBCacheConfig().reset().as_dict() == {}
 
 
 def test_calibrator_reset_keeps_calibrator_type():
@@ -377,9 +375,15 @@ def test_cfg_compute_first_is_allowed_with_shared_diffs_or_without_separate_cfg(
     assert DBCacheConfig(enable_separate_cfg=False, cfg_compute_first=True).cfg_compute_first
 
 
-def test_none_is_allowed_for_every_field():
-    config = DBPruneConfig(**{f.name: None for f in dataclasses.fields(DBPruneConfig)})
-    assert set(config.as_dict().values()) == {None}
+def test_none_is_refused_for_every_field_without_a_meaning_for_none():
+    # A config object is always complete (issue 14); partial overrides are reset() mappings.
+    optional = DBPruneConfig._OPTIONAL
+    for field in dataclasses.fields(DBPruneConfig):
+        if field.name in optional:
+            assert getattr(DBPruneConfig(**{field.name: None}), field.name) is None
+        else:
+            with pytest.raises(ConfigError, match=field.name):
+                DBPruneConfig(**{field.name: None})
 
 
 @pytest.mark.parametrize(
@@ -474,22 +478,46 @@ def test_calibrator_cache_type_accepts_hidden_states():
     )
 
 
-@pytest.mark.parametrize("config_class", [FoCaCalibratorConfig, DMDCalibratorConfig])
-def test_foca_and_dmd_configs_are_not_supported_yet(config_class):
-    with pytest.raises(NotSupportedYetError, match="TaylorSeer"):
-        config_class()
+def test_foca_and_dmd_configs_have_cache_dits_defaults():
+    assert FoCaCalibratorConfig().as_dict() == {
+        "enable_calibrator": True,
+        "enable_encoder_calibrator": True,
+        "calibrator_type": "foca",
+        "calibrator_cache_type": "residual",
+        "calibrator_kwargs": {},
+    }
+    config = DMDCalibratorConfig()
+    assert (config.calibrator_type, config.dmd_history, config.dmd_rank) == ("dmd", 6, 0)
+    assert (config.dmd_ridge, config.dmd_svd_precision) == (1e-8, "medium")
 
 
-@pytest.mark.parametrize("flag", ["enable_foca", "enable_dmd"])
-def test_yaml_foca_and_dmd_flags_are_not_supported_yet(flag):
-    with pytest.raises(NotSupportedYetError, match=flag) as info:
-        load_configs({"cache_config": {flag: True}})
-    assert "TaylorSeer" in str(info.value)
+def test_yaml_enable_dmd_turns_on_both_streams_and_reads_its_keys():
+    loaded = load_configs({"cache_config": {"enable_dmd": True, "dmd_history": 5}})
+    calibrator = loaded["calibrator_config"]
+    assert isinstance(calibrator, DMDCalibratorConfig)
+    assert (calibrator.enable_encoder_calibrator, calibrator.dmd_history) == (True, 5)
 
 
-def test_calibrator_type_foca_is_not_supported_yet():
-    with pytest.raises(NotSupportedYetError, match="calibrator_type"):
-        CalibratorConfig(calibrator_type="foca")
+def test_yaml_enable_foca_leaves_the_encoder_stream_off():
+    calibrator = load_configs({"cache_config": {"enable_foca": True}})["calibrator_config"]
+    assert isinstance(calibrator, FoCaCalibratorConfig)
+    assert (calibrator.enable_calibrator, calibrator.enable_encoder_calibrator) == (True, False)
+
+
+def test_yaml_two_calibrators_at_once_are_refused():
+    with pytest.raises(ConfigError, match="enable_foca"):
+        load_configs({"cache_config": {"enable_taylorseer": True, "enable_foca": True}})
+
+
+def test_unknown_calibrator_type_names_the_three_allowed():
+    with pytest.raises(ConfigError, match="'taylorseer', 'foca', 'dmd'") as info:
+        CalibratorConfig(calibrator_type="focca")
+    assert "did you mean 'foca'?" in str(info.value)
+
+
+def test_bad_dmd_svd_precision_is_refused():
+    with pytest.raises(ConfigError, match="dmd_svd_precision"):
+        DMDCalibratorConfig(dmd_svd_precision="ultra")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -512,7 +540,7 @@ def test_cache_dit_repo_test_yaml_loads_with_expected_values():
     assert calibrator.enable_encoder_calibrator is False  # YAML default, unlike the dataclass
     parallel = configs["parallelism_config"]
     assert parallel.ulysses_size == 2
-    assert parallel.attention_backend == "native"  # flattened from the deprecated parallel_kwargs
+    assert parallel.attention_backend == "native"  # copied from parallel_kwargs
     assert parallel.extra_parallel_modules == ["text_encoder", "vae"]
     assert configs["attention_backend"] is None and configs["quantize_config"] is None
 
@@ -887,21 +915,3 @@ def test_malformed_svdq_quant_type_raises():
     with pytest.raises(ConfigError, match="quant_type"):
         QuantizeConfig(quant_type="svdq_int4")
 
-
-def test_ensure_supported_accepts_no_extra_sections():
-    assert ensure_supported(None, None, None) is None
-
-
-@pytest.mark.parametrize(
-    "section, args",
-    [
-        ("parallelism_config", (ParallelismConfig(ulysses_size=2), None, None)),
-        ("quantize_config", (None, QuantizeConfig(), None)),
-        ("attention_backend", (None, None, "flash")),
-    ],
-)
-def test_ensure_supported_names_the_section_that_cannot_be_applied(section, args):
-    with pytest.raises(NotSupportedYetError, match=section) as info:
-        ensure_supported(*args)
-    assert info.value.key == section
-    assert "not supported yet" in str(info.value)
