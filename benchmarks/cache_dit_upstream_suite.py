@@ -246,10 +246,13 @@ def _run(cmd: List[str], env: Dict[str, str], cwd: pathlib.Path) -> subprocess.C
     return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=1800)
 
 
-def run_tests(checkout: pathlib.Path, work: pathlib.Path) -> List[Dict[str, Any]]:
+def run_tests(
+    checkout: pathlib.Path, work: pathlib.Path, names: List[str]
+) -> List[Dict[str, Any]]:
     (work / "suite_plugin.py").write_text(PYTEST_PLUGIN)
     rows = []
-    for test_file in sorted((checkout / "tests" / "api").glob("test_*.py")):
+    files = sorted((checkout / "tests" / "api").glob("test_*.py"))
+    for test_file in [f for f in files if not names or f.name in names]:
         per_engine = {}
         for engine in ENGINES:
             record_path = work / f"{test_file.stem}.{engine}.json"
@@ -331,6 +334,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkout", type=pathlib.Path, help="a local clone of vipshop/cache-dit")
     parser.add_argument("--only", choices=("tests", "examples"))
+    parser.add_argument("--test", action="append", default=[],
+                        help="run only this tests/api file, e.g. test_refresh_context.py (repeatable)")
     parser.add_argument("--example", action="append", choices=sorted(EXAMPLES),
                         help="run only this example (repeatable); default: all")
     parser.add_argument("--json", type=pathlib.Path, help="write the rows here too")
@@ -346,7 +351,7 @@ def main() -> int:
     work = pathlib.Path(tempfile.mkdtemp(prefix="cache_dit_suite_"))
     rows: Dict[str, Any] = {}
     if args.only in (None, "tests"):
-        rows["tests"] = run_tests(checkout.resolve(), work)
+        rows["tests"] = run_tests(checkout.resolve(), work, args.test)
     if args.only in (None, "examples"):
         rows["examples"] = run_examples(checkout.resolve(), work, args.example or list(EXAMPLES))
     if args.json:

@@ -22,23 +22,10 @@ COMPATIBILITY_DOC = pathlib.Path(__file__).parent.parent / "docs" / "compatibili
 
 # Provided by the scale-out / fidelity / models work, merged separately; the integrator empties
 # this set once those branches are in.
-PROVIDED_BY_OTHER_WORK = {
-    "set_attn_backend",  # scale-out
-    "load_parallelism_config",  # scale-out
-    "load_quantize_config",  # scale-out
-    "load_attn_backend_config",  # scale-out
-    "set_compile_configs",  # scale-out
-    "ParallelismConfig",  # scale-out
-    "ParallelismBackend",  # scale-out
-    "QuantizeConfig",  # scale-out
-    "QuantizeBackend",  # scale-out
-    "FoCaCalibratorConfig",  # fidelity
-    "DMDCalibratorConfig",  # fidelity
-}
+PROVIDED_BY_OTHER_WORK: set = set()  # scale-out / fidelity / models names: all merged now
 
 # Signatures being aligned by the models work; emptied at merge time too.
 SIGNATURES_FIXED_BY_OTHER_WORK = {
-    "get_adapter",  # models: get_adapter(pipe=...)
     "BlockAdapter",  # models: check_num_outputs went missing in the adapter split (7e0c002)
 }
 
@@ -76,7 +63,7 @@ def comparable_parameters(obj):
     return {
         name: parameter
         for name, parameter in signature.parameters.items()
-        if name not in ("self", "cls")
+        if name not in ("self", "cls") and not name.startswith("_")  # private: not API
     }
 
 
@@ -84,7 +71,9 @@ def same_default(theirs, mine) -> bool:
     if theirs.default is inspect.Parameter.empty:
         return True  # a required parameter of theirs may have a default here
     if isinstance(theirs.default, enum.Enum):
-        return getattr(mine.default, "name", None) == theirs.default.name
+        # Our enum member, or its name given as a string (parsed the same way).
+        name = getattr(mine.default, "name", mine.default)
+        return isinstance(name, str) and name.upper() == theirs.default.name.upper()
     return type(theirs.default) is type(mine.default) and theirs.default == mine.default
 
 
