@@ -10,6 +10,7 @@ import torch
 
 from .block_adapter import CachedListSpec, is_pipeline
 from .config import (
+    BasicCacheConfig,
     CalibratorConfig,
     DBCacheConfig,
     ParallelismConfig,
@@ -53,7 +54,7 @@ def _merge_shorthand(
 
 
 def _check_types(cache_config: Any, calibrator_config: Any) -> None:
-    if not isinstance(cache_config, DBCacheConfig):
+    if not isinstance(cache_config, BasicCacheConfig):
         raise ConfigError(
             "cache_config", type(cache_config).__name__, "a DBCacheConfig (or DBPruneConfig)"
         )
@@ -61,7 +62,7 @@ def _check_types(cache_config: Any, calibrator_config: Any) -> None:
         raise ConfigError(
             "calibrator_config",
             type(calibrator_config).__name__,
-            "None or a TaylorSeerCalibratorConfig",
+            "None or a CalibratorConfig (TaylorSeer, FoCa or DMD)",
         )
 
 

@@ -388,12 +388,19 @@ def _refresh_all(
 def _framework_config(cache_config: Any) -> FrameworkCacheConfig:
     """Accept what the frameworks pass, plus ``load_configs``' result; refuse the rest clearly."""
     if isinstance(cache_config, Mapping) and isinstance(cache_config.get("cache_config"), DBCacheConfig):
-        unexpected = set(cache_config) - {"cache_config", "calibrator_config"}
+        # The framework owns parallelism, quantization and attention; a file setting them is
+        # meant for enable_cache, not for a serving backend.
+        unexpected = sorted(
+            key
+            for key, value in cache_config.items()
+            if key not in ("cache_config", "calibrator_config") and value is not None
+        )
         if unexpected:
             raise ConfigError(
                 "cache_config",
-                sorted(unexpected),
-                "only cache_config and calibrator_config with a load_configs() result",
+                unexpected,
+                "a load_configs() result with only cache_config and calibrator_config set "
+                "(the serving framework configures parallelism, quantization and attention)",
             )
         return FrameworkCacheConfig(
             cache_config["cache_config"].copy(), cache_config.get("calibrator_config")

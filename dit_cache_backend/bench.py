@@ -444,13 +444,7 @@ def context_tensors(obj: Any) -> List[torch.Tensor]:
     session = session_of(obj)
     if session is None:
         return []
-    found: List[torch.Tensor] = []
-    for context in session.contexts.values():
-        found.extend(context.fn_residuals.values())
-        found.extend(context.middle.values())
-        for calibrator in context.calibrators.values():
-            for stream in calibrator.streams.values():
-                found.extend(t for t in stream.terms if t is not None)
+    found = [t for context in session.contexts.values() for t in context.tensors()]
     return [t for t in found if isinstance(t, torch.Tensor)]
 
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 import torch
 
 from .config import CalibratorConfig, DBCacheConfig
+from .errors import ConfigError
 from .patterns import ENCODER, HIDDEN, ForwardPattern
 
 # The pipeline attributes that hold transformers when nothing more specific is known (a registry
@@ -101,6 +102,15 @@ class BlockAdapter:
     # Ours: the block argument that carries the hidden stream (Z-Image's blocks take `x`).
     hidden_argument: str = HIDDEN
     encoder_argument: str = ENCODER
+
+    def __post_init__(self) -> None:
+        # An empty list caches nothing; say so now rather than fail later at enable_cache.
+        if isinstance(self.blocks, (list, tuple, torch.nn.ModuleList)) and len(self.blocks) == 0:
+            raise ConfigError(
+                "BlockAdapter.blocks",
+                self.blocks,
+                "a non-empty nn.ModuleList of blocks (or a list of them); or blocks=None with auto=True",
+            )
 
 
 @dataclasses.dataclass

@@ -49,6 +49,7 @@ from typing import (
 import yaml
 
 from . import scm
+from .calibrators import CALIBRATOR_TYPES, DMD_SVD_PRECISIONS, Calibrator, accepted_kwargs
 from .errors import ConfigError, NotSupportedYetError, UnknownKeyError, UnsupportedStepCountError
 
 logger = logging.getLogger(__name__)
@@ -79,10 +80,6 @@ Checker = Callable[[str, Any], None]
 _C = TypeVar("_C", bound="_ValidatedConfig")
 
 _MASK_KEY = "steps_computation_mask"
-_TAYLORSEER_WORKS = (
-    "TaylorSeer (TaylorSeerCalibratorConfig, or enable_taylorseer: true in YAML) is the calibrator "
-    "dit_cache_backend implements"
-)
 
 
 class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
@@ -411,7 +408,7 @@ class _UpdatableConfig(_ValidatedConfig):
 
 
 @dataclasses.dataclass
-class DBCacheConfig(_UpdatableConfig):
+class BasicCacheConfig(_UpdatableConfig):
     """Dual Block Cache settings; same fields and defaults as cache-dit's ``DBCacheConfig``.
 
     See the project's cache-dit spec §1, §2 and §4 for what each field does at run time.
@@ -512,8 +509,9 @@ class DBCacheConfig(_UpdatableConfig):
         )
 
 
-#: cache-dit's base-class name; both names refer to the same class here.
-BasicCacheConfig = DBCacheConfig
+@dataclasses.dataclass
+class DBCacheConfig(BasicCacheConfig):
+    """The DBCache settings, named as in cache-dit; DBPruneConfig is its sibling, not a subclass."""
 
 
 def _mask_from_text(text: str, num_inference_steps: Optional[int]) -> Optional[List[int]]:
@@ -555,7 +553,7 @@ def _mask_from_text(text: str, num_inference_steps: Optional[int]) -> Optional[L
 
 
 @dataclasses.dataclass
-class DBPruneConfig(DBCacheConfig):
+class DBPruneConfig(BasicCacheConfig):
     """Dynamic Block Prune settings; cache-dit's ``DBPruneConfig`` fields and defaults."""
 
     cache_type: CacheType = CacheType.DBPrune
@@ -566,7 +564,7 @@ class DBPruneConfig(DBCacheConfig):
     force_reduce_calibrator_vram: bool = False
 
     _CHECKS: ClassVar[Dict[str, Checker]] = {
-        **DBCacheConfig._CHECKS,
+        **BasicCacheConfig._CHECKS,
         "enable_dynamic_prune_threshold": _check_bool,
         "max_dynamic_prune_threshold": _check_real,
         "dynamic_prune_threshold_relax_ratio": _check_positive_real,
@@ -590,15 +588,29 @@ class DBPruneConfig(DBCacheConfig):
 
 
 def _check_calibrator_type(key: str, value: Any) -> None:
-    if value in ("foca", "dmd"):
-        raise NotSupportedYetError(key, value, what_works=_TAYLORSEER_WORKS)
-    if value != "taylorseer":
-        raise ConfigError(key, value, "'taylorseer'", hint=_did_you_mean(value, ["taylorseer"]))
+    if value not in CALIBRATOR_TYPES:
+        raise ConfigError(
+            key,
+            value,
+            "one of " + ", ".join(repr(name) for name in CALIBRATOR_TYPES),
+            hint=_did_you_mean(value, CALIBRATOR_TYPES),
+        )
+
+
+def _check_non_negative_real(key: str, value: Any) -> None:
+    _check_real(key, value)
+    if value < 0:
+        raise ConfigError(key, value, "a real number >= 0")
 
 
 @dataclasses.dataclass
 class CalibratorConfig(_UpdatableConfig):
-    """Base calibrator settings; same fields and defaults as cache-dit's ``CalibratorConfig``."""
+    """Base calibrator settings; same fields and defaults as cache-dit's ``CalibratorConfig``.
+
+    ``calibrator_kwargs`` are the stream's keyword arguments under cache-dit's names
+    (``n_derivatives`` for TaylorSeer; ``history``, ``rank``, ``ridge``, ``svd_precision``,
+    ``n_derivatives`` for DMD); the typed subclasses fill them from their own fields.
+    """
 
     enable_calibrator: bool = False  # calibrate the hidden-states stream
     enable_encoder_calibrator: bool = False  # calibrate the encoder-hidden-states stream
@@ -615,15 +627,38 @@ class CalibratorConfig(_UpdatableConfig):
         "calibrator_kwargs": _check_dict,
     }
 
+    def _check_relations(self) -> None:
+        if self.calibrator_type is None or self.calibrator_kwargs is None:
+            return
+        accepted = accepted_kwargs(self.calibrator_type)
+        for key in self.calibrator_kwargs:
+            if key not in accepted:
+                raise UnknownKeyError(
+                    key, accepted, section=f"calibrator_kwargs of {self.calibrator_type!r}"
+                )
+
+    def to_kwargs(self) -> Dict[str, Any]:
+        """The keyword arguments of this calibrator's streams (cache-dit's ``to_kwargs``)."""
+        return dict(self.calibrator_kwargs or {})
+
+    def make_calibrator(self) -> Calibrator:
+        """A fresh calibrator (one CFG branch's named streams) for this config."""
+        try:
+            return Calibrator(self.calibrator_type, **self.to_kwargs())
+        except ValueError as error:  # a value the stream refuses, e.g. n_derivatives=0
+            raise ConfigError("calibrator_kwargs", self.to_kwargs(), str(error)) from error
+
     def strify(self) -> str:
-        """``T0O0`` when no stream is calibrated, else ``T1O{order}``."""
+        """``T0O0`` when no stream is calibrated, else the calibrator's tag (``T1O{order}`` ...)."""
         if not (self.enable_calibrator or self.enable_encoder_calibrator):
             return "T0O0"
-        return f"T1O{self._order()}"
+        return self._tag()
 
-    def _order(self) -> int:
-        # The base config runs TaylorSeer with its default order.
-        return 1
+    def _tag(self) -> str:
+        # The base config runs its calibrator type with that type's defaults.
+        tags = {"foca": "FoCa", "dmd": "DMDH6"}
+        order = self.to_kwargs().get("n_derivatives", 1)
+        return tags.get(self.calibrator_type, f"T1O{order}")
 
 
 @dataclasses.dataclass
@@ -644,22 +679,69 @@ class TaylorSeerCalibratorConfig(CalibratorConfig):
         "taylorseer_order": _int_at_least(1),
     }
 
-    def _order(self) -> int:
-        return self.taylorseer_order
+    def to_kwargs(self) -> Dict[str, Any]:
+        return {**super().to_kwargs(), "n_derivatives": self.taylorseer_order}
+
+    def _tag(self) -> str:
+        return f"T1O{self.taylorseer_order}"
 
 
+@dataclasses.dataclass
 class FoCaCalibratorConfig(CalibratorConfig):
-    """cache-dit's FoCa calibrator; not implemented by dit_cache_backend (raises on creation)."""
+    """FoCa (forecast, then calibrate; arXiv 2508.16211); cache-dit's defaults (both streams on).
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise NotSupportedYetError("calibrator_type", "foca", what_works=_TAYLORSEER_WORKS)
+    FoCa has no hyper-parameters (cache-dit ignores ``calibrator_kwargs`` for it, and so do we).
+    YAML's ``enable_foca: true`` leaves the encoder stream off unless ``enable_encoder_foca: true``.
+    """
+
+    enable_calibrator: bool = True
+    enable_encoder_calibrator: bool = True
+    calibrator_type: str = "foca"
+
+    def to_kwargs(self) -> Dict[str, Any]:
+        return {}
+
+    def _tag(self) -> str:
+        return "FoCa"
 
 
+@dataclasses.dataclass
 class DMDCalibratorConfig(CalibratorConfig):
-    """cache-dit's DMD calibrator; not implemented by dit_cache_backend (raises on creation)."""
+    """Dynamic Mode Decomposition (exponential-basis) forecasting; cache-dit's fields and defaults.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise NotSupportedYetError("calibrator_type", "dmd", what_works=_TAYLORSEER_WORKS)
+    Not Distribution Matching Distillation. YAML's ``enable_dmd: true`` also turns the encoder
+    stream on unless ``enable_encoder_dmd: false`` (cache-dit's loader).
+    """
+
+    enable_calibrator: bool = True
+    enable_encoder_calibrator: bool = True
+    calibrator_type: str = "dmd"
+    dmd_history: int = 6  # computed snapshots kept per stream; the fit needs 4 equally spaced
+    dmd_rank: int = 0  # SVD truncation rank; 0 drops modes below 1e-4 of the largest
+    dmd_ridge: float = 1e-8  # Tikhonov term added to the inverted singular values
+    dmd_svd_precision: str = "medium"  # low: randomised SVD; medium: gesdd; high: gesvd (CUDA)
+
+    _CHECKS: ClassVar[Dict[str, Checker]] = {
+        **CalibratorConfig._CHECKS,
+        "dmd_history": _int_at_least(1),
+        "dmd_rank": _int_at_least(0),
+        "dmd_ridge": _check_non_negative_real,
+        "dmd_svd_precision": _one_of(*DMD_SVD_PRECISIONS),
+    }
+
+    def to_kwargs(self) -> Dict[str, Any]:
+        return {
+            **super().to_kwargs(),
+            "history": self.dmd_history,
+            "rank": self.dmd_rank,
+            "ridge": self.dmd_ridge,
+            "svd_precision": self.dmd_svd_precision,
+        }
+
+    def _tag(self) -> str:
+        precision = (self.dmd_svd_precision or "medium")[0]
+        return f"DMDH{self.dmd_history}" + ("" if precision == "m" else precision)
+
 
 
 # --------------------------------------------------------------------------------------------------
@@ -974,17 +1056,41 @@ class QuantizeConfig(_ValidatedConfig):
 
 _SECTIONS = ("cache_config", "parallelism_config", "attention_backend", "quantize_config")
 
-# YAML-only calibrator keys of a cache section: {enable flag: keys that only matter with it}.
-_CALIBRATOR_FAMILIES: Dict[str, Tuple[str, ...]] = {
-    "enable_taylorseer": ("enable_encoder_taylorseer", "taylorseer_order", "taylorseer_cache_type"),
-    "enable_dmd": (
-        "enable_encoder_dmd", "dmd_history", "dmd_rank", "dmd_ridge", "dmd_svd_precision"
+@dataclasses.dataclass(frozen=True)
+class _YamlCalibrator:
+    """How cache-dit's loader turns one ``enable_<name>: true`` family of YAML keys into a config."""
+
+    config_class: type
+    encoder_key: str  # the YAML key of enable_encoder_calibrator
+    encoder_default: bool  # its value when absent (cache-dit's loader differs per family)
+    fields: Tuple[str, ...]  # further YAML keys, each a config field of the same name
+    cache_type_key: str = "calibrator_cache_type"  # the YAML key cache-dit reads the type from
+
+
+# YAML-only calibrator keys of a cache section: {enable flag: its family}; at most one is true.
+_YAML_CALIBRATORS: Dict[str, _YamlCalibrator] = {
+    "enable_taylorseer": _YamlCalibrator(
+        TaylorSeerCalibratorConfig,
+        "enable_encoder_taylorseer",
+        False,
+        ("taylorseer_order",),
+        cache_type_key="taylorseer_cache_type",
     ),
-    "enable_foca": ("enable_encoder_foca",),
+    "enable_dmd": _YamlCalibrator(
+        DMDCalibratorConfig,
+        "enable_encoder_dmd",
+        True,
+        ("dmd_history", "dmd_rank", "dmd_ridge", "dmd_svd_precision"),
+    ),
+    "enable_foca": _YamlCalibrator(FoCaCalibratorConfig, "enable_encoder_foca", False, ()),
 }
 _CALIBRATOR_KEYS = frozenset(
-    ["calibrator_cache_type", *_CALIBRATOR_FAMILIES]
-    + [key for keys in _CALIBRATOR_FAMILIES.values() for key in keys]
+    ["calibrator_cache_type", *_YAML_CALIBRATORS]
+    + [
+        key
+        for family in _YAML_CALIBRATORS.values()
+        for key in (family.encoder_key, family.cache_type_key, *family.fields)
+    ]
 )
 
 
@@ -1209,43 +1315,49 @@ def _option(options: Mapping[str, Any], key: str, default: Any) -> Any:
 
 
 def _calibrator_from(options: Dict[str, Any], reset: bool) -> Optional[CalibratorConfig]:
-    """Build the calibrator config from the YAML keys (``enable_taylorseer``, ...)."""
-    for flag, details in _CALIBRATOR_FAMILIES.items():
-        for key in (flag, details[0]):  # the enable flag and its encoder counterpart
+    """Build the calibrator config from the YAML keys (``enable_taylorseer``, ``enable_dmd``, ...)."""
+    for flag, family in _YAML_CALIBRATORS.items():
+        for key in (flag, family.encoder_key):
             if options.get(key) is not None:
                 _check_bool(key, options[key])
-    for flag in ("enable_dmd", "enable_foca"):
-        if options.get(flag):
-            raise NotSupportedYetError(flag, True, what_works=_TAYLORSEER_WORKS)
-    for flag, details in _CALIBRATOR_FAMILIES.items():
-        ignored = [key for key in details if key in options]
+    enabled = [flag for flag in _YAML_CALIBRATORS if options.get(flag)]
+    if len(enabled) > 1:
+        raise ConfigError(
+            enabled[1], True, f"false while {enabled[0]} is true (the calibrators exclude each other)"
+        )
+    for flag, family in _YAML_CALIBRATORS.items():
+        own = (family.encoder_key, *family.fields)
+        own += (family.cache_type_key,) if family.cache_type_key != "calibrator_cache_type" else ()
+        ignored = [key for key in own if key in options]
         if ignored and not options.get(flag):
             logger.warning("%s ignored: %s is not true", ", ".join(ignored), flag)
-    if not options.get("enable_taylorseer"):
+    if not enabled:
         if "calibrator_cache_type" in options:
             logger.warning("calibrator_cache_type ignored: no calibrator is enabled")
         return None
 
+    family = _YAML_CALIBRATORS[enabled[0]]
+    defaults = {field.name: field.default for field in dataclasses.fields(family.config_class)}
     # cache-dit reads only taylorseer_cache_type for TaylorSeer and silently drops
     # calibrator_cache_type; honour either, and refuse two different answers.
-    cache_type = options.get("taylorseer_cache_type")
+    cache_type = options.get(family.cache_type_key)
     generic = options.get("calibrator_cache_type")
     if cache_type is not None and generic is not None and cache_type != generic:
         raise ConfigError(
             "calibrator_cache_type",
             generic,
-            f"the same value as taylorseer_cache_type ({cache_type!r})",
+            f"the same value as {family.cache_type_key} ({cache_type!r})",
         )
     fields = {
         "enable_calibrator": True,
-        # The YAML default is False, unlike the dataclass default (True): cache-dit's loader.
-        "enable_encoder_calibrator": _option(options, "enable_encoder_taylorseer", False),
+        "enable_encoder_calibrator": _option(options, family.encoder_key, family.encoder_default),
         "calibrator_cache_type": cache_type or generic or "residual",
-        "taylorseer_order": _option(options, "taylorseer_order", 1),
+        # Absent keys take the defaults, also for partial (reset) configs: cache-dit's loader.
+        **{key: _option(options, key, defaults[key]) for key in family.fields},
     }
     if reset:
-        return TaylorSeerCalibratorConfig().reset(**fields)
-    return TaylorSeerCalibratorConfig(**fields)
+        return family.config_class().reset(**fields)
+    return family.config_class(**fields)
 
 
 def _parallelism_from(raw: Mapping[str, Any], source: Optional[str]) -> Optional[ParallelismConfig]:

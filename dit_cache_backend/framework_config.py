@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Mapping, Optional
 
-from .config import DBCacheConfig, TaylorSeerCalibratorConfig
+from .config import BasicCacheConfig, DBCacheConfig, TaylorSeerCalibratorConfig
 from .errors import ConfigError, UnknownKeyError
 
 # vLLM-Omni 0.30's DiffusionCacheConfig defaults for the cache-dit backend.
@@ -109,7 +109,7 @@ class FrameworkCacheConfig:
             return cls.from_flat({})
         if isinstance(config, FrameworkCacheConfig):
             return config
-        if isinstance(config, DBCacheConfig):
+        if isinstance(config, BasicCacheConfig):
             return cls(config.copy())
         if isinstance(config, Mapping):
             return cls.from_flat(config)

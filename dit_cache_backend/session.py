@@ -22,11 +22,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import torch
 
 from .block_adapter import CachedListSpec, get_submodule_parent
-from .blocks import CachedBlocks
-from .config import CacheType
-from .context import CacheContext
-from .prune import PruneContext, PrunedBlocks
+from .blocks import BlockListRunner
+from .context import BlockListContext
 from .policy import CallIdentity
+from .techniques import technique_for
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +95,11 @@ class CacheSession:
         self.specs = specs
         self.separate_cfg = separate_cfg
         self.identity: Optional[CallIdentity] = None
-        self.contexts: Dict[str, CacheContext] = {}
-        self.wrappers: Dict[str, CachedBlocks] = {}
+        self.contexts: Dict[str, BlockListContext] = {}
+        self.wrappers: Dict[str, BlockListRunner] = {}
         for spec, (cache_config, calibrator_config) in zip(specs, configs):
-            prune = cache_config.cache_type == CacheType.DBPrune
-            context = (PruneContext if prune else CacheContext)(
+            technique = technique_for(cache_config.cache_type)
+            context = technique.context(
                 spec.name,
                 cache_config,
                 calibrator_config,
@@ -108,7 +107,7 @@ class CacheSession:
                 process_group=process_group,
             )
             self.contexts[spec.name] = context
-            self.wrappers[spec.name] = (PrunedBlocks if prune else CachedBlocks)(
+            self.wrappers[spec.name] = technique.runner(
                 spec.blocks,
                 spec.pattern,
                 context,
@@ -121,6 +120,12 @@ class CacheSession:
                     else functools.partial(spec.patch_functor.block_kwargs, spec.attr)
                 ),
             )
+        # Where each wrapper finds its blocks at call time: the lists that held them at enable time
+        # (one list, or a list plus the "dummy" lists folded into it), or None when the adapter
+        # gave blocks that no list of the transformer holds (then they are fixed).
+        self._block_sources: Dict[str, Optional[List[str]]] = {
+            spec.name: _block_sources(spec) for spec in specs
+        }
         self.transformers: List[torch.nn.Module] = list(
             {id(s.transformer): s.transformer for s in specs}.values()
         )
@@ -222,13 +227,18 @@ class CacheSession:
         viewed: List[torch.nn.ModuleList] = []
         try:
             for spec in specs:
-                viewed.append(_show(transformer, spec.attr, (self.wrappers[spec.name],)))
+                wrapper = self.wrappers[spec.name]
+                _bind_current_blocks(wrapper, transformer, self._block_sources[spec.name])
+                viewed.append(_show(transformer, spec.attr, (wrapper,)))
                 for dummy in spec.dummy_attrs:
                     viewed.append(_show(transformer, dummy, ()))
             yield
         finally:
             for block_list in reversed(viewed):
                 _unshow(block_list)
+            for spec in specs:
+                if self._block_sources[spec.name] is not None:
+                    self.wrappers[spec.name].release()
 
     def _patch_pipeline(self, pipeline: Any) -> None:
         original_class = type(pipeline)
@@ -275,10 +285,36 @@ def _view_class(list_class: type) -> type:
     return type(list_class.__name__, (_BlockListView, list_class), {})
 
 
+def _list_at(transformer: torch.nn.Module, path: str) -> Any:
+    parent, leaf = get_submodule_parent(transformer, path)
+    return parent._modules[leaf]
+
+
+def _block_sources(spec: CachedListSpec) -> Optional[List[str]]:
+    paths = [spec.attr, *spec.dummy_attrs]
+    try:
+        held = [b for path in paths for b in _list_at(spec.transformer, path)._modules.values()]
+    except (AttributeError, KeyError):
+        return None
+    same = len(held) == len(spec.blocks) and all(a is b for a, b in zip(held, spec.blocks))
+    return paths if same else None
+
+
+@torch.compiler.disable
+def _bind_current_blocks(
+    runner: BlockListRunner, transformer: torch.nn.Module, sources: Optional[List[str]]
+) -> None:
+    """Give the runner the blocks the module holds now, not the ones it held at enable time."""
+    if sources is None:
+        return
+    runner.bind(
+        tuple(block for path in sources for block in _list_at(transformer, path)._modules.values())
+    )
+
+
 @torch.compiler.disable
 def _show(transformer: torch.nn.Module, path: str, view: tuple) -> torch.nn.ModuleList:
-    parent, leaf = get_submodule_parent(transformer, path)
-    block_list = parent._modules[leaf]
+    block_list = _list_at(transformer, path)
     block_list.__dict__["_dit_cache_view"] = view
     block_list.__dict__["_dit_cache_class"] = type(block_list)
     block_list.__class__ = _view_class(type(block_list))

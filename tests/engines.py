@@ -16,7 +16,7 @@ import importlib
 import logging
 import os
 from types import ModuleType
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 import torch
@@ -57,18 +57,28 @@ class Engine:
         )
 
     def enable(
-        self, adapter: Any, *, taylorseer_order: Optional[int] = None, **cache_kwargs: Any
+        self,
+        adapter: Any,
+        *,
+        taylorseer_order: Optional[int] = None,
+        calibrator: Optional[Tuple[str, Dict[str, Any]]] = None,
+        **cache_kwargs: Any,
     ) -> Any:
-        """``enable_cache(adapter, DBCacheConfig(**cache_kwargs), TaylorSeer(order) or None)``."""
-        calibrator = (
-            None
-            if taylorseer_order is None
-            else self.module.TaylorSeerCalibratorConfig(taylorseer_order=taylorseer_order)
+        """``enable_cache(adapter, DBCacheConfig(**cache_kwargs), calibrator config or None)``.
+
+        ``calibrator`` names a config class of the engine and its fields, e.g.
+        ``("DMDCalibratorConfig", {"dmd_history": 5})``; ``taylorseer_order=k`` is short for
+        ``("TaylorSeerCalibratorConfig", {"taylorseer_order": k})``.
+        """
+        if taylorseer_order is not None:
+            calibrator = ("TaylorSeerCalibratorConfig", {"taylorseer_order": taylorseer_order})
+        calibrator_config = (
+            None if calibrator is None else getattr(self.module, calibrator[0])(**calibrator[1])
         )
         return self.module.enable_cache(
             adapter,
             cache_config=self.module.DBCacheConfig(**cache_kwargs),
-            calibrator_config=calibrator,
+            calibrator_config=calibrator_config,
         )
 
     def enable_prune(self, adapter: Any, **prune_kwargs: Any) -> Any:
@@ -126,11 +136,11 @@ def load_engine(name: str) -> Engine:
     return Engine(name, module)
 
 
-def outputs_close(a: Any, b: Any, atol: float) -> bool:
-    """Whether two transformer outputs (tensors or tuples of tensors) agree within ``atol``."""
+def outputs_close(a: Any, b: Any, atol: float, rtol: float = 0.0) -> bool:
+    """Whether two transformer outputs (tensors or tuples of tensors) agree within the tolerances."""
     a_items = (a,) if isinstance(a, torch.Tensor) else tuple(a)
     b_items = (b,) if isinstance(b, torch.Tensor) else tuple(b)
     return len(a_items) == len(b_items) and all(
-        x.shape == y.shape and torch.allclose(x, y, rtol=0.0, atol=atol)
+        x.shape == y.shape and torch.allclose(x, y, rtol=rtol, atol=atol)
         for x, y in zip(a_items, b_items)
     )

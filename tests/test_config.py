@@ -102,8 +102,11 @@ def test_quantize_config_defaults_equal_cache_dit_apart_from_resolved_backend(ca
     assert mine.backend == "TORCHAO"  # cache-dit resolves AUTO the same way for non-svdq types
 
 
-def test_basic_cache_config_is_an_alias_of_db_cache_config():
-    assert BasicCacheConfig is DBCacheConfig
+def test_db_cache_and_db_prune_configs_are_siblings_under_basic_cache_config():
+    # As in cache-dit: DBCacheConfig and DBPruneConfig both derive from BasicCacheConfig.
+    assert issubclass(DBCacheConfig, BasicCacheConfig)
+    assert isinstance(DBPruneConfig(), BasicCacheConfig)
+    assert not isinstance(DBPruneConfig(), DBCacheConfig)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -470,22 +473,46 @@ def test_calibrator_cache_type_accepts_hidden_states():
     )
 
 
-@pytest.mark.parametrize("config_class", [FoCaCalibratorConfig, DMDCalibratorConfig])
-def test_foca_and_dmd_configs_are_not_supported_yet(config_class):
-    with pytest.raises(NotSupportedYetError, match="TaylorSeer"):
-        config_class()
+def test_foca_and_dmd_configs_have_cache_dits_defaults():
+    assert FoCaCalibratorConfig().as_dict() == {
+        "enable_calibrator": True,
+        "enable_encoder_calibrator": True,
+        "calibrator_type": "foca",
+        "calibrator_cache_type": "residual",
+        "calibrator_kwargs": {},
+    }
+    config = DMDCalibratorConfig()
+    assert (config.calibrator_type, config.dmd_history, config.dmd_rank) == ("dmd", 6, 0)
+    assert (config.dmd_ridge, config.dmd_svd_precision) == (1e-8, "medium")
 
 
-@pytest.mark.parametrize("flag", ["enable_foca", "enable_dmd"])
-def test_yaml_foca_and_dmd_flags_are_not_supported_yet(flag):
-    with pytest.raises(NotSupportedYetError, match=flag) as info:
-        load_configs({"cache_config": {flag: True}})
-    assert "TaylorSeer" in str(info.value)
+def test_yaml_enable_dmd_turns_on_both_streams_and_reads_its_keys():
+    loaded = load_configs({"cache_config": {"enable_dmd": True, "dmd_history": 5}})
+    calibrator = loaded["calibrator_config"]
+    assert isinstance(calibrator, DMDCalibratorConfig)
+    assert (calibrator.enable_encoder_calibrator, calibrator.dmd_history) == (True, 5)
 
 
-def test_calibrator_type_foca_is_not_supported_yet():
-    with pytest.raises(NotSupportedYetError, match="calibrator_type"):
-        CalibratorConfig(calibrator_type="foca")
+def test_yaml_enable_foca_leaves_the_encoder_stream_off():
+    calibrator = load_configs({"cache_config": {"enable_foca": True}})["calibrator_config"]
+    assert isinstance(calibrator, FoCaCalibratorConfig)
+    assert (calibrator.enable_calibrator, calibrator.enable_encoder_calibrator) == (True, False)
+
+
+def test_yaml_two_calibrators_at_once_are_refused():
+    with pytest.raises(ConfigError, match="enable_foca"):
+        load_configs({"cache_config": {"enable_taylorseer": True, "enable_foca": True}})
+
+
+def test_unknown_calibrator_type_names_the_three_allowed():
+    with pytest.raises(ConfigError, match="'taylorseer', 'foca', 'dmd'") as info:
+        CalibratorConfig(calibrator_type="focca")
+    assert "did you mean 'foca'?" in str(info.value)
+
+
+def test_bad_dmd_svd_precision_is_refused():
+    with pytest.raises(ConfigError, match="dmd_svd_precision"):
+        DMDCalibratorConfig(dmd_svd_precision="ultra")
 
 
 # --------------------------------------------------------------------------------------------------

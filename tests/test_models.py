@@ -21,6 +21,7 @@ from dit_cache_backend import (
     BlockAdapterRegister,
     DBCacheConfig,
     UnsupportedModelError,
+    contexts_summary,
     disable_cache,
     enable_cache,
     summary,
@@ -28,6 +29,7 @@ from dit_cache_backend import (
 from dit_cache_backend.registry import FAMILIES
 from dit_cache_backend.backend import CacheDiTBackend
 from dit_cache_backend.policy import COND, UNCOND
+from dit_cache_backend.session import session_of
 
 STEPS = 8
 # Random weights give first-block residual diffs anywhere from 0.01 to above 1 between steps
@@ -105,7 +107,7 @@ def run(request: pytest.FixtureRequest) -> CachedRun:
         enable_cache(model, cache_config=DBCacheConfig(**CONFIG))
         cached = [_output(model, inputs) for inputs in calls]
         keys.append(list(model.state_dict()))
-        contexts = summary(model, logging=False)[:-1]
+        contexts = contexts_summary(model)
         disable_cache(model)
         after_disable = [_output(model, inputs) for inputs in calls]
     keys.append(list(model.state_dict()))
@@ -169,7 +171,7 @@ def test_chroma_blocks_get_their_own_modulation_slice() -> None:
     model = tm.TINY_TRANSFORMERS["ChromaTransformer2DModel"].build()
     enable_cache(model, cache_config=DBCacheConfig(**CONFIG))
     try:
-        names = [entry.name for entry in summary(model, logging=False)[:-1]]
+        names = [entry.name for entry in contexts_summary(model)]
     finally:
         disable_cache(model)
     assert names == ["transformer.transformer_blocks", "transformer.single_transformer_blocks"]
@@ -185,7 +187,7 @@ def test_sd3_tiny_model_ends_with_a_context_pre_only_block() -> None:
 def test_flux_caches_all_blocks_in_one_context() -> None:
     model = tm.TINY_TRANSFORMERS["FluxTransformer2DModel"].build()
     enable_cache(model, cache_config=DBCacheConfig(**CONFIG))
-    contexts = summary(model, logging=False)[:-1]
+    contexts = contexts_summary(model)
     disable_cache(model)
     assert [c.name for c in contexts] == ["transformer.transformer_blocks"]
 
@@ -238,6 +240,38 @@ def test_wan_vace_is_refused_with_the_reason_by_both_front_doors() -> None:
     assert "forward" not in vars(vace)
 
 
+class _Served:
+    """What a serving framework hands CacheDiTBackend: a pipeline object holding the model."""
+
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        self.transformer = transformer
+
+    def __call__(self) -> None:
+        raise AssertionError("not called")
+
+
+def _cached_lists(enable: Any, model: torch.nn.Module) -> Any:
+    try:
+        enable(model)
+    except UnsupportedModelError as error:
+        return f"refused: {error}"
+    session = session_of(model)
+    lists = [(s.name, s.pattern, len(s.blocks)) for s in session.specs], session.separate_cfg
+    disable_cache(model)
+    return lists
+
+
+def _front_door_models() -> List[Any]:
+    return [tm.TINY_TRANSFORMERS[name].build for name in REGISTERED] + [_tiny_wan_vace]
+
+
+@pytest.mark.parametrize("build", _front_door_models(), ids=REGISTERED + ["WanVACE"])
+def test_both_front_doors_cache_the_same_block_lists_or_refuse_the_same_models(build: Any) -> None:
+    by_api = _cached_lists(lambda m: enable_cache(m, cache_config=DBCacheConfig(**CONFIG)), build())
+    by_backend = _cached_lists(lambda m: CacheDiTBackend({}).enable(_Served(m)), build())
+    assert by_api == by_backend
+
+
 # -- offline pipelines -------------------------------------------------------------------------
 
 
@@ -264,7 +298,7 @@ def _cached_pipeline_contexts(pipe: Any, kwargs: Dict[str, Any]) -> List[Any]:
     enable_cache(pipe, cache_config=DBCacheConfig(**CONFIG))
     try:
         _pipeline_run(pipe, kwargs)
-        return summary(pipe, logging=False)[:-1]
+        return contexts_summary(pipe)
     finally:
         disable_cache(pipe)
 

@@ -154,4 +154,4 @@ def test_releasing_a_request_frees_the_cached_tensors():
     dcb.refresh_context(toy)
     assert dcb.summary(toy, logging=False)[0].cached_tensors == 0
     dcb.disable_cache(toy)
-    assert dcb.summary(toy, logging=False) == []
+    assert dcb.contexts_summary(toy) == []

@@ -16,8 +16,11 @@ from typing import Any, Iterator, List
 import pytest
 
 HERE = Path(__file__).resolve().parent
+# Checked before tests/integration goes on sys.path: there, this very folder would pass for vllm_omni.
+VLLM_OMNI_MISSING = importlib.util.find_spec("vllm_omni") is None
+sys.path.insert(0, str(HERE.parent))  # build_tiny_flux.py and http_load.py
 
-if importlib.util.find_spec("vllm_omni") is None:
+if VLLM_OMNI_MISSING:
     collect_ignore_glob = ["test_*.py"]
 else:
     # Both must be set before vLLM-Omni resolves its platform or touches the Hub.
@@ -31,7 +34,6 @@ def tiny_flux(tmp_path_factory: pytest.TempPathFactory) -> str:
     given = os.environ.get("DIT_CACHE_TINY_FLUX")
     if given:
         return given
-    sys.path.insert(0, str(HERE.parent))
     from build_tiny_flux import build
 
     out = str(tmp_path_factory.mktemp("tiny") / "flux")
