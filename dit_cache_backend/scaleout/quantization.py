@@ -318,7 +318,7 @@ def plan(
 
 def apply(targets: Sequence[QuantizeTarget]) -> None:
     if not targets:
-        return
+        return  # torchao is an optional extra: never import it when nothing is quantized
     from torchao.quantization import quantize_
 
     for target in targets:
