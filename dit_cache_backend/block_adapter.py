@@ -130,8 +130,13 @@ class CachedListSpec:
 
 
 def is_pipeline(obj: Any) -> bool:
-    """A diffusers-style pipeline: callable, not a module, with at least one transformer."""
-    return not isinstance(obj, torch.nn.Module) and callable(obj) and hasattr(obj, "transformer")
+    """A diffusers-style pipeline: callable, not a module, holding modules as attributes (its
+    transformer may be `transformer`, Shap-E's `prior`, BAGEL's `language_model`, ...)."""
+    return (
+        not isinstance(obj, torch.nn.Module)
+        and callable(obj)
+        and any(isinstance(v, torch.nn.Module) for v in getattr(obj, "__dict__", {}).values())
+    )
 
 
 def get_submodule_parent(module: torch.nn.Module, path: str) -> Tuple[torch.nn.Module, str]:

@@ -133,7 +133,13 @@ class BlockListContext:
         current: torch.Tensor,
         block: Optional[int] = None,
     ) -> Tuple[bool, str, Optional[float]]:
-        """The policy's rule, measuring ``current`` against ``reference`` only when it asks."""
+        """The policy's rule, measuring ``current`` against ``reference`` only when it asks.
+
+        A call that autograd tracks (training with gradients) always computes and keeps nothing:
+        a residual from an earlier graph would be backpropagated through twice.
+        """
+        if current.requires_grad:
+            return False, "gradients", None
         cached, reason, diff = self.policy.decide(
             lambda: relative_l1(reference, current, self.process_group),
             has_reference=reference is not None,
@@ -165,7 +171,8 @@ class CacheContext(BlockListContext):
     # -- buffers ---------------------------------------------------------------------------------
 
     def store_fn_residual(self, fn_residual: torch.Tensor) -> None:
-        self.fn_residuals[self.policy.branch] = fn_residual
+        if not fn_residual.requires_grad:
+            self.fn_residuals[self.policy.branch] = fn_residual
 
     def _calibrated(self, stream: str) -> bool:
         calibrator = self.calibrator_config
@@ -177,6 +184,8 @@ class CacheContext(BlockListContext):
 
     def store_middle(self, stream: str, value: torch.Tensor) -> None:
         """Keep the middle blocks' contribution of a computed step for later cached steps."""
+        if value.requires_grad:
+            return
         branch = self.policy.branch
         if self._calibrated(stream):
             self.calibrators[branch].update(stream, value, self.policy.step)

@@ -43,6 +43,8 @@ class PruneContext(BlockListContext):
     def store_block(
         self, index: int, block_input: Tensor, residual: Tensor, encoder_residual: Optional[Tensor]
     ) -> None:
+        if residual.requires_grad:
+            return  # a tracked graph is never reused (see BlockListContext.decide_against)
         branch = self.branch
         self.block_inputs[(branch, index)] = block_input
         self.block_residuals[(branch, index, HIDDEN_STREAM)] = residual

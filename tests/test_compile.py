@@ -43,7 +43,7 @@ def graphs_compiled():
 
 @pytest.mark.parametrize(
     "how",
-    ["regional_after_enable", "whole_after_enable", "whole_before_enable"],
+    ["regional_after_enable", "repeated_blocks_after_enable", "whole_after_enable", "whole_before_enable"],
 )
 def test_compiled_caching_matches_eager_and_never_recompiles_after_the_first_request(how):
     pipe = tiny_flux_pipeline()
@@ -52,6 +52,8 @@ def test_compiled_caching_matches_eager_and_never_recompiles_after_the_first_req
     dcb.enable_cache(pipe, cache_config=dcb.DBCacheConfig(**CONFIG))
     if how == "regional_after_enable":
         compile_blocks(pipe.transformer)
+    elif how == "repeated_blocks_after_enable":  # diffusers' regional compile (docs/scaling.md)
+        pipe.transformer.compile_repeated_blocks(fullgraph=True)
     elif how == "whole_after_enable":
         pipe.transformer.compile()
 

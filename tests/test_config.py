@@ -274,12 +274,11 @@ def test_misspelt_alias_conflicting_with_real_key_raises():
         DBCacheConfig().update(enable_sperate_cfg=True, enable_separate_cfg=False)
 
 
-def test_reset_clears_every_field_then_applies_overrides():
+def test_reset_gives_a_mapping_of_only_the_fields_set():
     config = DBCacheConfig().reset(num_inference_steps=50)
-    values = config.as_dict()
-    assert values.pop("num_inference_steps") == 50
-    assert set(values.values()) == {None}
-    assert DBCacheConfig().empty().as_dict() == DBCacheConfig().reset().as_dict()
+    assert config.as_dict() == {"num_inference_steps": 50}
+    assert config.Fn_compute_blocks is None  # unset: "keep the base value"
+    assert DBCacheConfig().empty().as_dict() == DBCacheConfig().reset().as_dict() == {}
 
 
 def test_calibrator_reset_keeps_calibrator_type():
@@ -376,9 +375,15 @@ def test_cfg_compute_first_is_allowed_with_shared_diffs_or_without_separate_cfg(
     assert DBCacheConfig(enable_separate_cfg=False, cfg_compute_first=True).cfg_compute_first
 
 
-def test_none_is_allowed_for_every_field():
-    config = DBPruneConfig(**{f.name: None for f in dataclasses.fields(DBPruneConfig)})
-    assert set(config.as_dict().values()) == {None}
+def test_none_is_refused_for_every_field_without_a_meaning_for_none():
+    # A config object is always complete (issue 14); partial overrides are reset() mappings.
+    optional = DBPruneConfig._OPTIONAL
+    for field in dataclasses.fields(DBPruneConfig):
+        if field.name in optional:
+            assert getattr(DBPruneConfig(**{field.name: None}), field.name) is None
+        else:
+            with pytest.raises(ConfigError, match=field.name):
+                DBPruneConfig(**{field.name: None})
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ offline pipelines: FLUX.1, Wan 2.1 with CFG, Wan 2.2 with two experts, Qwen-Imag
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Iterator
 from typing import Any, Dict, List, Set
 
@@ -19,6 +20,7 @@ import torch
 
 from dit_cache_backend import (
     BlockAdapterRegister,
+    ConfigError,
     DBCacheConfig,
     UnsupportedModelError,
     contexts_summary,
@@ -63,7 +65,10 @@ def _offline_one_thread() -> Iterator[None]:
 
 
 def _output(model: torch.nn.Module, inputs: Dict[str, Any]) -> torch.Tensor:
-    result = model(**inputs, return_dict=False)[0]
+    if "return_dict" in inspect.signature(type(model).forward).parameters:
+        result = model(**inputs, return_dict=False)[0]
+    else:  # aMUSEd's UVit2DModel returns the tensor
+        result = model(**inputs)
     return result[0] if isinstance(result, list) else result  # Z-Image returns one per image
 
 
@@ -355,3 +360,46 @@ def test_qwenimage_pipeline_with_true_cfg_caches_both_branches() -> None:
     pipe = tm.tiny_qwenimage_pipeline()
     stats = _cached_pipeline_contexts(pipe, tm.qwenimage_call_kwargs())[0]
     assert stats.cached_steps and stats.cfg_cached_steps
+
+
+def test_hunyuandit_refuses_back_blocks_whose_skip_a_cached_step_did_not_compute() -> None:
+    # Block L > n//2 takes block n-1-L's output as its skip; with Bn > Fn a back block's source is
+    # a middle block, which a cached step does not run.
+    spec = tm.TINY_TRANSFORMERS["HunyuanDiT2DModel"]
+    model = spec.build()
+    enable_cache(model, cache_config=DBCacheConfig(**{**CONFIG, "Bn_compute_blocks": 2}))
+    try:
+        with torch.no_grad(), pytest.raises(ConfigError, match="Bn_compute_blocks"):
+            for step in range(STEPS):
+                _output(model, spec.inputs(step))
+    finally:
+        disable_cache(model)
+    assert all(not block._forward_hooks for block in model.blocks), "disable removes the hooks"
+
+
+def test_consisid_with_its_face_adapter_is_refused_with_the_reason() -> None:
+    model = tm.TINY_TRANSFORMERS["ConsisIDTransformer3DModel"].build()
+    model.is_train_face = True  # the released checkpoints' setting; the tiny model has no adapter
+    with pytest.raises(UnsupportedModelError, match="face adapter"):
+        enable_cache(model, cache_config=DBCacheConfig(**CONFIG))
+
+
+def test_hidream_is_refused_with_the_reason() -> None:
+    class HiDreamImagePipeline:
+        transformer = torch.nn.Linear(1, 1)
+
+        def __call__(self) -> None:
+            raise AssertionError("not called")
+
+    with pytest.raises(UnsupportedModelError, match="rebuild the text stream"):
+        enable_cache(HiDreamImagePipeline(), cache_config=DBCacheConfig(**CONFIG))
+
+
+def test_every_cache_dit_prefix_is_known() -> None:
+    import cache_dit
+
+    theirs = set(cache_dit.supported_pipelines()[1])
+    known = {family.prefix for family in FAMILIES if family.refused is None}
+    refused = {family.prefix for family in FAMILIES if family.refused is not None}
+    # BriaFibo matches our "Bria" row by prefix and is then checked by inference.
+    assert theirs - known - {"BriaFibo"} == {"HiDream"} and "HiDream" in refused

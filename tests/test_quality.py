@@ -76,3 +76,30 @@ def test_taylorseer_is_at_least_as_faithful_as_reuse_at_equal_compute(pipe, refe
     forecast = fidelity(pipe, reference, config, dcb.TaylorSeerCalibratorConfig(taylorseer_order=1))
     assert reuse[0] == forecast[0] == sum(mask), "a static mask fixes the computed steps"
     assert forecast[1] >= reuse[1]
+
+
+@pytest.mark.parametrize(
+    "calibrator",
+    [
+        dcb.TaylorSeerCalibratorConfig(taylorseer_order=2),
+        dcb.DMDCalibratorConfig(),
+    ],
+    ids=["taylorseer-2", "dmd"],
+)
+def test_forecasting_calibrators_are_more_faithful_than_reuse_on_a_fixed_schedule(
+    pipe, reference, calibrator
+):
+    """FoCa is not here: like cache-dit's, it takes its slopes per value pair whatever the step
+    distance, which on the sparse "fast" mask costs 12 dB against reuse (docs/quality.md)."""
+    mask = dcb.steps_mask(total_steps=STEPS, mask_policy="fast")
+    config = dcb.DBCacheConfig(
+        Fn_compute_blocks=1,
+        max_warmup_steps=0,
+        num_inference_steps=STEPS,
+        steps_computation_mask=mask,
+        steps_computation_policy="static",
+    )
+    reuse = fidelity(pipe, reference, config)
+    forecast = fidelity(pipe, reference, config, calibrator)
+    assert reuse[0] == forecast[0] == sum(mask)
+    assert forecast[1] > reuse[1]

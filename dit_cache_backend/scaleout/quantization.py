@@ -283,10 +283,12 @@ def plan(
     pipeline: Any = None,
 ) -> List[QuantizeTarget]:
     """What to quantize with which torchao config; raises before anything is changed."""
-    if importlib.util.find_spec("torchao") is None:
+    try:
+        import torchao.quantization  # noqa: F401
+    except ImportError:
         raise ConfigError(
             "quantize_config", config.quant_type, f"torchao installed ({TORCHAO_PIN}): {INSTALL}"
-        )
+        ) from None
     if config.backend == QuantizeBackend.CACHE_DIT:
         # cache-dit's own (SVDQuant) kernels: nothing to hand them to.
         key, value = ("quant_type", config.quant_type) if _svdq(config) else ("backend", "CACHE_DIT")
@@ -316,7 +318,7 @@ def plan(
 
 def apply(targets: Sequence[QuantizeTarget]) -> None:
     if not targets:
-        return  # torchao is an optional extra: never import it when nothing is quantized
+        return
     from torchao.quantization import quantize_
 
     for target in targets:

@@ -16,8 +16,10 @@ from typing import Any, Iterator, List
 import pytest
 
 HERE = Path(__file__).resolve().parent
-# Checked before tests/integration goes on sys.path: there, this very folder would pass for vllm_omni.
-VLLM_OMNI_MISSING = importlib.util.find_spec("vllm_omni") is None
+# A spec without an origin is a namespace package: with tests/integration on sys.path (the SGLang
+# suite's conftest puts it there too), this very folder would pass for vllm_omni.
+_VLLM_OMNI = importlib.util.find_spec("vllm_omni")
+VLLM_OMNI_MISSING = _VLLM_OMNI is None or not _VLLM_OMNI.origin
 sys.path.insert(0, str(HERE.parent))  # build_tiny_flux.py and http_load.py
 
 if VLLM_OMNI_MISSING:
