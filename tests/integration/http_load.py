@@ -94,6 +94,7 @@ class Server:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=self.log_path.parent,  # where the server writes files of its own (SGLang: outputs/)
                 start_new_session=True,  # its own process group: stop() reaches every child it spawns
             )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -41,10 +41,10 @@ def serve_argv(model: str, port: int) -> List[str]:
     ]  # fmt: skip
 
 
-def make_server(model: str, workdir: Path, env: Dict[str, str] = ENV) -> Server:
+def make_server(model: str, workdir: Path) -> Server:
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SGLANG_CACHE_DIT_", "DIT_CACHE_"))}
-    full_env = {**clean, **env, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+    full_env = {**clean, **ENV, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
                 "DIT_CACHE_STATS_FILE": str(workdir / "stats.jsonl")}  # fmt: skip
     return Server(serve_argv(model, port), full_env, port, workdir / "serve.log", "/health")
 
