@@ -445,8 +445,8 @@ def get_scm_mask(
 def apply_cache_dit(self: Any, pipe: Any, server_args: Any) -> Any:
     """Replaces ``DiffusersPipeline._apply_cache_dit``: ``--cache-dit-config`` through our loader.
 
-    ``parallelism_config``, ``quantize_config`` and ``attention_backend`` sections parse and
-    validate, then fail with NotSupportedYetError before the pipeline is touched.
+    Every section applies (docs/scaling.md): ``parallelism_config`` on diffusers' context
+    parallelism over the torchrun world, ``quantize_config`` on torchao, ``attention_backend``.
     """
     source = server_args.cache_dit_config
     if not source:

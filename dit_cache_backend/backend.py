@@ -206,6 +206,7 @@ class ContextRecord:
     computed_steps: Tuple[int, ...]
     cached_steps: Tuple[int, ...]
     decisions: int  # transformer calls decided (both CFG branches)
+    cached_tensors: int  # what the context holds until the next request (memory accounting)
 
 
 def context_records(targets: Sequence[Any]) -> Tuple[ContextRecord, ...]:
@@ -228,6 +229,7 @@ def context_records(targets: Sequence[Any]) -> Tuple[ContextRecord, ...]:
                     computed_steps=tuple(stats.computed_steps),
                     cached_steps=tuple(stats.cached_steps),
                     decisions=len(stats.decisions),
+                    cached_tensors=stats.cached_tensors,
                 )
             )
     return tuple(records)
@@ -388,12 +390,19 @@ def _refresh_all(
 def _framework_config(cache_config: Any) -> FrameworkCacheConfig:
     """Accept what the frameworks pass, plus ``load_configs``' result; refuse the rest clearly."""
     if isinstance(cache_config, Mapping) and isinstance(cache_config.get("cache_config"), DBCacheConfig):
-        unexpected = set(cache_config) - {"cache_config", "calibrator_config"}
+        # The framework owns parallelism, quantization and attention; a file setting them is
+        # meant for enable_cache, not for a serving backend.
+        unexpected = sorted(
+            key
+            for key, value in cache_config.items()
+            if key not in ("cache_config", "calibrator_config") and value is not None
+        )
         if unexpected:
             raise ConfigError(
                 "cache_config",
-                sorted(unexpected),
-                "only cache_config and calibrator_config with a load_configs() result",
+                unexpected,
+                "a load_configs() result with only cache_config and calibrator_config set "
+                "(the serving framework configures parallelism, quantization and attention)",
             )
         return FrameworkCacheConfig(
             cache_config["cache_config"].copy(), cache_config.get("calibrator_config")

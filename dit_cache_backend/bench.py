@@ -444,12 +444,7 @@ def context_tensors(obj: Any) -> List[torch.Tensor]:
     session = session_of(obj)
     if session is None:
         return []
-    found: List[torch.Tensor] = []
-    for context in session.contexts.values():
-        found.extend(context.fn_residuals.values())
-        found.extend(context.middle.values())
-        for calibrator in context.calibrators.values():
-            found.extend(calibrator.tensors())
+    found = [t for context in session.contexts.values() for t in context.tensors()]
     return [t for t in found if isinstance(t, torch.Tensor)]
 
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 import torch
 
 from .config import CalibratorConfig, DBCacheConfig
+from .errors import ConfigError
 from .patterns import ENCODER, HIDDEN, ForwardPattern
 
 # The pipeline attributes that hold transformers when nothing more specific is known (a registry
@@ -102,6 +103,15 @@ class BlockAdapter:
     hidden_argument: str = HIDDEN
     encoder_argument: str = ENCODER
 
+    def __post_init__(self) -> None:
+        # An empty list caches nothing; say so now rather than fail later at enable_cache.
+        if isinstance(self.blocks, (list, tuple, torch.nn.ModuleList)) and len(self.blocks) == 0:
+            raise ConfigError(
+                "BlockAdapter.blocks",
+                self.blocks,
+                "a non-empty nn.ModuleList of blocks (or a list of them); or blocks=None with auto=True",
+            )
+
 
 @dataclasses.dataclass
 class CachedListSpec:
@@ -120,8 +130,13 @@ class CachedListSpec:
 
 
 def is_pipeline(obj: Any) -> bool:
-    """A diffusers-style pipeline: callable, not a module, with at least one transformer."""
-    return not isinstance(obj, torch.nn.Module) and callable(obj) and hasattr(obj, "transformer")
+    """A diffusers-style pipeline: callable, not a module, holding modules as attributes (its
+    transformer may be `transformer`, Shap-E's `prior`, BAGEL's `language_model`, ...)."""
+    return (
+        not isinstance(obj, torch.nn.Module)
+        and callable(obj)
+        and any(isinstance(v, torch.nn.Module) for v in getattr(obj, "__dict__", {}).values())
+    )
 
 
 def get_submodule_parent(module: torch.nn.Module, path: str) -> Tuple[torch.nn.Module, str]:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .context import ENCODER_STREAM, HIDDEN_STREAM, CacheContext
+from .context import ENCODER_STREAM, HIDDEN_STREAM, BlockListContext, CacheContext
 from .patterns import ENCODER, HIDDEN, ForwardPattern
 from .policy import CallIdentity
 
@@ -108,14 +108,15 @@ class BlockCall:
         return hidden, encoder
 
 
-class CachedBlocks(torch.nn.Module):
-    """One block list run with DBCache: F blocks, decision, M blocks or cache, B blocks."""
+class BlockListRunner(torch.nn.Module):
+    """What every technique's block-list wrapper shares: the blocks of this call, the first
+    block's attributes, and how the model called the list."""
 
     def __init__(
         self,
         blocks: Sequence[torch.nn.Module],
         pattern: ForwardPattern,
-        context: CacheContext,
+        context: BlockListContext,
         identity: Callable[[], Optional[CallIdentity]],
         hidden_arg: str = HIDDEN,
         encoder_arg: str = ENCODER,
@@ -123,13 +124,25 @@ class CachedBlocks(torch.nn.Module):
     ) -> None:
         super().__init__()
         # A tuple, not a ModuleList: the blocks stay owned by the model's own module tree.
-        self._blocks: Tuple[torch.nn.Module, ...] = tuple(blocks)
+        self._blocks: Tuple[torch.nn.Module, ...] = ()
         self.pattern = pattern
         self.context = context
         self._identity = identity
         self.hidden_arg = hidden_arg
         self.encoder_arg = encoder_arg
         self._block_kwargs = block_kwargs
+        self.bind(blocks)
+
+    def bind(self, blocks: Sequence[torch.nn.Module]) -> None:
+        """Run ``blocks`` from now on: the session binds the list the module holds at each call, so
+        a block replaced after enabling (compiled, FSDP-wrapped, hot-swapped) is the one that runs."""
+        self._blocks = tuple(blocks)
+        # Plain ints on the wrapper: compiled graphs guard on their values, not on the policy.
+        self._bounds = self.context.policy.settings.partition(len(self._blocks))
+
+    def release(self) -> None:
+        """Hold no block between calls (a replaced block must not stay in memory through us)."""
+        self._blocks = ()
 
     @property
     def blocks(self) -> Tuple[torch.nn.Module, ...]:
@@ -147,43 +160,45 @@ class CachedBlocks(torch.nn.Module):
                 raise
             return getattr(blocks[0], name)
 
-    def _partition(self) -> Tuple[Sequence, Sequence, Sequence]:
-        config = self.context.cache_config
-        front, back = config.Fn_compute_blocks, config.Bn_compute_blocks
-        end = len(self._blocks) - back
-        return self._blocks[:front], self._blocks[front:end], self._blocks[end:]
-
     def capture(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> BlockCall:
         return BlockCall.capture(
             self.pattern, args, kwargs, self.hidden_arg, self.encoder_arg, self._block_kwargs
         )
 
+
+class CachedBlocks(BlockListRunner):
+    """One block list run with DBCache: F blocks, decision, M blocks or cache, B blocks."""
+
+    context: CacheContext
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         call = self.capture(args, kwargs)
-        front, middle, back = self._partition()
-        back_start = len(self._blocks) - len(back)
+        blocks = self._blocks
+        front_end, back_start = self._bounds
         original = call.hidden
-        hidden, encoder = call.run(front, call.hidden, call.encoder)
+        hidden, encoder = call.run(blocks[:front_end], call.hidden, call.encoder)
         fn_residual = hidden - original.to(hidden.device)
         reused = self._decide(fn_residual, hidden, encoder)
         if reused is not None:
-            hidden, encoder = call.run(back, *reused, first_index=back_start)
+            hidden, encoder = reused
         else:
-            self.context.store_fn_residual(fn_residual)
             front_hidden, front_encoder = hidden, encoder
-            hidden, encoder = call.run(middle, hidden, encoder, first_index=len(front))
-            self._store_middle(hidden, encoder, front_hidden, front_encoder)
-            hidden, encoder = call.run(back, hidden, encoder, first_index=back_start)
+            middle = blocks[front_end:back_start]
+            hidden, encoder = call.run(middle, hidden, encoder, first_index=front_end)
+            hidden, encoder = self._store_middle(hidden, encoder, front_hidden, front_encoder)
+        hidden, encoder = call.run(blocks[back_start:], hidden, encoder, first_index=back_start)
         return self.pattern.pack_output(hidden, encoder)
 
-    # Decision and bookkeeping are plain Python over counters; compiled graphs must neither trace
-    # them (integer attributes would become guards and recompile every step) nor depend on them.
+    # Decision and bookkeeping are plain Python over counters and dicts; compiled graphs must
+    # neither trace them (their ints and dict contents would become guards and recompile at every
+    # step or request) nor depend on them. Tensors leave them contiguous, so the back blocks see
+    # the same strides whether the step was cached or computed.
 
     @torch.compiler.disable
     def _decide(
         self, fn_residual: Tensor, hidden: Tensor, encoder: Optional[Tensor]
     ) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
-        """Counters, gates and diff for this call; the reconstructed F output when it is cached."""
+        """Counters, rule and diff for this call; the reconstructed M output when it is cached."""
         context = self.context
         context.begin_call(self._identity())
         cached, reason, diff = context.decide(fn_residual)
@@ -192,6 +207,8 @@ class CachedBlocks(torch.nn.Module):
             cached, reason = False, "nothing_cached"
         if cached:
             context.policy.mark_cached()
+        else:
+            context.store_fn_residual(fn_residual)
         context.policy.record_decision(cached, reason, diff)
         return reused
 
@@ -202,21 +219,19 @@ class CachedBlocks(torch.nn.Module):
         encoder: Optional[Tensor],
         front_hidden: Tensor,
         front_encoder: Optional[Tensor],
-    ) -> None:
+    ) -> Tuple[Tensor, Optional[Tensor]]:
         """Keep the middle blocks' contribution of this computed step for later cached steps."""
         context = self.context
         as_states = context.stores_hidden_states
         hidden = hidden.contiguous()
         context.store_middle(HIDDEN_STREAM, hidden if as_states else hidden - front_hidden)
-        if (
-            self.pattern.returns_encoder
-            and isinstance(encoder, torch.Tensor)
-            and isinstance(front_encoder, torch.Tensor)
-        ):
+        if isinstance(encoder, torch.Tensor):
             encoder = encoder.contiguous()
-            context.store_middle(
-                ENCODER_STREAM, encoder if as_states else encoder - front_encoder
-            )
+            if self.pattern.returns_encoder and isinstance(front_encoder, torch.Tensor):
+                context.store_middle(
+                    ENCODER_STREAM, encoder if as_states else encoder - front_encoder
+                )
+        return hidden, encoder
 
     def _reuse(
         self, hidden: Tensor, encoder: Optional[Tensor]
@@ -229,9 +244,10 @@ class CachedBlocks(torch.nn.Module):
             return None
         hidden = (cached_hidden if as_states else cached_hidden + hidden).contiguous()
         # The encoder slot may carry a non-tensor (BAGEL threads its KV cache there): pass it on.
-        if isinstance(encoder, torch.Tensor) and self.pattern.returns_encoder:
-            cached_encoder = context.cached_middle(ENCODER_STREAM)
-            if cached_encoder is not None and cached_encoder.shape == encoder.shape:
-                encoder = cached_encoder if as_states else cached_encoder + encoder
+        if isinstance(encoder, torch.Tensor):
+            if self.pattern.returns_encoder:
+                cached_encoder = context.cached_middle(ENCODER_STREAM)
+                if cached_encoder is not None and cached_encoder.shape == encoder.shape:
+                    encoder = cached_encoder if as_states else cached_encoder + encoder
             encoder = encoder.contiguous()
         return hidden, encoder

@@ -14,9 +14,8 @@ mistake, this module refuses it with an error that names the key, the value and 
   dit stores the string as the mask in the flat legacy form);
 * ``cache_type: DBCache`` from YAML is stored as :class:`CacheType`, not as a string.
 
-Parallelism, quantization and attention-backend sections parse and validate like cache-dit's, but
-applying them is not supported yet: the engine calls :func:`ensure_supported` before touching a
-model.
+Parallelism, quantization and attention-backend sections parse and validate here like cache-dit's;
+``enable_cache`` hands them to the engines that apply them (``dit_cache_backend.scaleout``).
 """
 
 from __future__ import annotations
@@ -40,6 +39,8 @@ from typing import (
     Dict,
     Iterable,
     List,
+    FrozenSet,
+    Iterator,
     Mapping,
     Optional,
     Tuple,
@@ -51,7 +52,7 @@ import yaml
 
 from . import scm
 from .calibrators import CALIBRATOR_TYPES, DMD_SVD_PRECISIONS, Calibrator, accepted_kwargs
-from .errors import ConfigError, NotSupportedYetError, UnknownKeyError, UnsupportedStepCountError
+from .errors import ConfigError, UnknownKeyError
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +67,14 @@ __all__ = [
     "DMDCalibratorConfig",
     "ParallelismConfig",
     "QuantizeConfig",
+    "ParallelismBackend",
+    "QuantizeBackend",
     "ConfigFileNotFoundError",
     "load_configs",
     "load_cache_config",
-    "ensure_supported",
+    "load_parallelism_config",
+    "load_quantize_config",
+    "load_attn_backend_config",
 ]
 
 PathOrDict = Union[str, "os.PathLike[str]", Mapping[str, Any]]
@@ -77,6 +82,9 @@ Checker = Callable[[str, Any], None]
 _C = TypeVar("_C", bound="_ValidatedConfig")
 
 _MASK_KEY = "steps_computation_mask"
+# TaylorSeer keeps order + 1 tensors per stream; beyond a few orders the forecast only amplifies
+# noise, and an unbounded order is unbounded memory at every request.
+MAX_TAYLORSEER_ORDER = 8
 
 
 class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
@@ -103,7 +111,10 @@ def _is_int(value: Any) -> bool:
 
 def _is_real(value: Any) -> bool:
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return not math.isnan(value)
+        try:
+            return not math.isnan(value)
+        except OverflowError:  # an int too large for a float (10**400)
+            return False
     # A 0-d tensor threshold is legal in cache-dit. torch is only consulted when it is already
     # imported (a tensor cannot exist otherwise), so loading configs does not pay for importing it.
     torch = sys.modules.get("torch")
@@ -134,6 +145,16 @@ def _int_at_least(minimum: int, note: str = "") -> Checker:
     return check
 
 
+def _int_between(minimum: int, maximum: int) -> Checker:
+    allowed = f"an int from {minimum} to {maximum}"
+
+    def check(key: str, value: Any) -> None:
+        if not _is_int(value) or not minimum <= value <= maximum:
+            raise ConfigError(key, value, allowed)
+
+    return check
+
+
 def _check_real(key: str, value: Any) -> None:
     if not _is_real(value):
         hint = None
@@ -141,7 +162,10 @@ def _check_real(key: str, value: Any) -> None:
             # PyYAML follows YAML 1.1, where `1e-2` (no dot) is a string; `1.0e-2` is a float.
             hint = "YAML reads exponent numbers without a dot as strings; write e.g. 1.0e-2"
         raise ConfigError(
-            key, value, "a real number (int, float or 0-d tensor), not NaN", hint=hint
+            key,
+            value,
+            "a real number (int, float or 0-d tensor) that fits a float, not NaN",
+            hint=hint,
         )
 
 
@@ -294,6 +318,10 @@ class _ValidatedConfig:
     """
 
     _CHECKS: ClassVar[Dict[str, Checker]] = {}
+    # Fields whose None means something ("unknown", "auto", "no mask"); every other field must
+    # hold a value, so a config object is always complete (overrides are ConfigOverride mappings).
+    # None: every field may be None (the parallelism/quantize configs, checked before refusal).
+    _OPTIONAL: ClassVar[Optional[FrozenSet[str]]] = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -306,6 +334,16 @@ class _ValidatedConfig:
             value = getattr(self, field.name)
             if value is not None:
                 self._CHECKS[field.name](field.name, value)
+            elif self._OPTIONAL is not None and field.name not in self._OPTIONAL:
+                raise ConfigError(
+                    field.name,
+                    None,
+                    "a value (None is only allowed for "
+                    + (", ".join(sorted(self._OPTIONAL)) or "no field")
+                    + f" of {type(self).__name__})",
+                    hint="to override only some fields, use "
+                    f"{type(self).__name__}().reset(field=value)",
+                )
         self._check_relations()
 
     def _normalize(self) -> None:
@@ -347,6 +385,8 @@ class _UpdatableConfig(_ValidatedConfig):
             if key not in names:
                 raise UnknownKeyError(key, [*names, *self._ALIASES], section=type(self).__name__)
         saved = {name: getattr(self, name) for name in names}
+        if kwargs.get(_MASK_KEY) is not None and "_mask_policy" in self.__dict__:
+            del self._mask_policy  # an explicit mask replaces the preset
         for key, value in kwargs.items():
             if value is not None:
                 setattr(self, key, value)
@@ -358,20 +398,35 @@ class _UpdatableConfig(_ValidatedConfig):
             raise
         return self
 
-    def empty(self: _C, **kwargs: Any) -> _C:
-        """Set every field to ``None``, then ``update(**kwargs)``.
+    def empty(self, **kwargs: Any) -> "ConfigOverride":
+        """The given fields as an override: a mapping of only the keys that were set.
 
-        Used for partial overrides (per-block-list ParamsModifier, refresh_context): a ``None``
-        field means "keep the base config's value".
+        cache-dit clears every field of the config in place and uses ``None`` for "keep the base
+        value"; here the config is left as it is and a :class:`ConfigOverride` is returned, so
+        every config object stays complete (see docs/compatibility.md). ``None`` values are
+        skipped, as cache-dit's ``update`` skips them.
         """
-        for name in self._field_names():
-            if name not in self._RESET_KEEPS:
-                setattr(self, name, None)
-        return self.update(**kwargs)
+        keys = {key: value for key, value in self._resolve_aliases(kwargs).items()}
+        for key in self._RESET_KEEPS:
+            keys.setdefault(key, getattr(self, key))
+        return ConfigOverride(type(self), keys)
 
-    def reset(self: _C, **kwargs: Any) -> _C:
+    def reset(self, **kwargs: Any) -> "ConfigOverride":
         """Alias of :meth:`empty` (cache-dit keeps both names)."""
         return self.empty(**kwargs)
+
+    def with_fields(self: _C, **fields: Any) -> _C:
+        """A new config with ``fields`` changed, validated once; ``self`` is not touched."""
+        names = self._field_names()
+        for key in fields:
+            if key not in names:
+                raise UnknownKeyError(key, [*names, *self._ALIASES], section=type(self).__name__)
+        policy = getattr(self, "_mask_policy", None)
+        if policy is not None and _MASK_KEY not in fields:
+            # The new config names the preset again, so it is expanded for its own step count.
+            fields[_MASK_KEY] = policy
+        return dataclasses.replace(copy.deepcopy(self), **fields)  # type: ignore[type-var]
+
 
     def _resolve_aliases(self, kwargs: Dict[str, Any]) -> Dict[str, Any]:
         resolved = dict(kwargs)
@@ -399,13 +454,90 @@ class _UpdatableConfig(_ValidatedConfig):
         return resolved
 
 
+def _check_override_value(config_class: type, key: str, value: Any) -> None:
+    """One field's check; spellings normalized later (a mask preset needs the step count)."""
+    if isinstance(value, tuple):
+        value = list(value)
+    if key == _MASK_KEY and isinstance(value, str):
+        _mask_policy_of(value)  # raises on a name that is neither digits nor a preset
+        return
+    config_class._CHECKS[key](key, value)
+
+
+class ConfigOverride(Mapping):
+    """Some fields of a config class, checked one by one: what ``reset(**fields)`` returns.
+
+    A read-only mapping of the keys that were set. Reading an unset field as an attribute gives
+    ``None`` ("keep the base value"), as cache-dit's partial configs do.
+    """
+
+    def __init__(self, config_class: type, fields: Mapping[str, Any]) -> None:
+        names = config_class._field_names()
+        checked: Dict[str, Any] = {}
+        for key, value in fields.items():
+            if key not in names:
+                raise UnknownKeyError(key, [*names, *config_class._ALIASES], section=config_class.__name__)
+            if value is not None:
+                _check_override_value(config_class, key, value)
+                checked[key] = value
+        self.config_class = config_class
+        self._fields = checked
+
+    def __getitem__(self, key: str) -> Any:
+        return self._fields[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __getattr__(self, name: str) -> Any:
+        fields = self.__dict__.get("_fields", {})
+        if name in fields:
+            return fields[name]
+        if name in self.__dict__.get("config_class", _ValidatedConfig)._field_names():
+            return None
+        raise AttributeError(name)
+
+    def __repr__(self) -> str:
+        return f"{self.config_class.__name__}.reset({', '.join(f'{k}={v!r}' for k, v in self._fields.items())})"
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The set fields (deep-copied)."""
+        return copy.deepcopy(self._fields)
+
+    def copy(self) -> "ConfigOverride":
+        return ConfigOverride(self.config_class, copy.deepcopy(self._fields))
+
+    def update(self, **kwargs: Any) -> "ConfigOverride":
+        """A new override with ``kwargs`` set as well (None values skipped)."""
+        return ConfigOverride(self.config_class, {**self._fields, **kwargs})
+
+    def apply_to(self, base: Optional[_ValidatedConfig]) -> _ValidatedConfig:
+        """``base`` with these fields changed (validated once), or a default config with them.
+
+        An override of a subclass (``DBPruneConfig().reset(...)``, the shorthand
+        ``cache_type="DBPrune"``) turns a base of the parent class into the subclass, keeping
+        the base's values of the fields they share.
+        """
+        fields = self.as_dict()
+        if base is None:
+            return self.config_class(**fields)
+        if type(base) is not self.config_class and issubclass(self.config_class, type(base)):
+            shared = {name: getattr(base, name) for name in base._field_names()}
+            shared.pop("cache_type", None)
+            return self.config_class(**{**copy.deepcopy(shared), **fields})
+        return base.with_fields(**fields)
+
+
 # --------------------------------------------------------------------------------------------------
 # DBCache / DBPrune
 # --------------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
-class DBCacheConfig(_UpdatableConfig):
+class BasicCacheConfig(_UpdatableConfig):
     """Dual Block Cache settings; same fields and defaults as cache-dit's ``DBCacheConfig``.
 
     See the project's cache-dit spec §1, §2 and §4 for what each field does at run time.
@@ -433,6 +565,19 @@ class DBCacheConfig(_UpdatableConfig):
     force_refresh_step_policy: str = "once"
 
     _ALIASES: ClassVar[Dict[str, str]] = {"enable_sperate_cfg": "enable_separate_cfg"}
+    _OPTIONAL: ClassVar[FrozenSet[str]] = frozenset(
+        {
+            "max_accumulated_residual_diff_threshold",
+            "enable_separate_cfg",
+            "num_inference_steps",
+            "steps_computation_mask",
+            "force_refresh_step_hint",
+        }
+    )
+    # Not a field (the fields are cache-dit's): the preset a ``steps_computation_mask: fast``
+    # named. The mask is re-expanded from it whenever the step count changes (each request),
+    # where cache-dit expands it once.
+    _mask_policy: ClassVar[Optional[str]] = None
     _CHECKS: ClassVar[Dict[str, Checker]] = {
         "cache_type": _check_cache_type,
         "Fn_compute_blocks": _int_at_least(1),
@@ -458,12 +603,17 @@ class DBCacheConfig(_UpdatableConfig):
             self.cache_type = CacheType.parse(self.cache_type)
         mask = self.steps_computation_mask
         if isinstance(mask, str):
+            policy = _mask_policy_of(mask)
+            if policy is None:
+                self.steps_computation_mask = scm.mask_from_string(mask.strip())
+            self._mask_policy = policy
+        elif isinstance(mask, tuple):
+            self.steps_computation_mask = list(mask)
+        if self._mask_policy is not None:
             if self.num_inference_steps is not None:
                 # The preset is sized by num_inference_steps: check it before building the mask.
                 self._CHECKS["num_inference_steps"]("num_inference_steps", self.num_inference_steps)
-            self.steps_computation_mask = _mask_from_text(mask, self.num_inference_steps)
-        elif isinstance(mask, tuple):
-            self.steps_computation_mask = list(mask)
+            self.steps_computation_mask = _preset_mask(self._mask_policy, self.num_inference_steps)
 
     def _check_relations(self) -> None:
         # cache-dit asserts this when it builds a context: with separate diffs per branch, the
@@ -506,50 +656,42 @@ class DBCacheConfig(_UpdatableConfig):
         )
 
 
-#: cache-dit's base-class name; both names refer to the same class here.
-BasicCacheConfig = DBCacheConfig
+@dataclasses.dataclass
+class DBCacheConfig(BasicCacheConfig):
+    """The DBCache settings, named as in cache-dit; DBPruneConfig is its sibling, not a subclass."""
 
 
-def _mask_from_text(text: str, num_inference_steps: Optional[int]) -> Optional[List[int]]:
-    """Turn a mask written as 0/1 digits or as a preset name ("fast", ...) into a list.
+_MASK_ALLOWED = "a list of 0/1 ints, a string of 0/1 digits, or a preset: " + ", ".join(
+    scm.MASK_POLICIES
+)
 
-    A preset that has no mask for ``num_inference_steps`` gives None with a warning: the request
-    then runs with plain DBCache instead of failing (cache-dit raises AssertionError here).
-    """
+
+def _mask_policy_of(text: str) -> Optional[str]:
+    """The preset name a mask string names, or None for a string of 0/1 digits."""
     stripped = text.strip()
     if stripped and set(stripped) <= {"0", "1"}:
-        return scm.mask_from_string(stripped)
-    allowed = "a list of 0/1 ints, a string of 0/1 digits, or a preset: " + ", ".join(
-        scm.MASK_POLICIES
-    )
+        return None
     policy = stripped.lower()
     if policy not in scm.MASK_POLICIES:
-        raise ConfigError(
-            _MASK_KEY, text, allowed, hint=_did_you_mean(policy, scm.MASK_POLICIES)
-        )
+        raise ConfigError(_MASK_KEY, text, _MASK_ALLOWED, hint=_did_you_mean(policy, scm.MASK_POLICIES))
+    return policy
+
+
+def _preset_mask(policy: str, num_inference_steps: Optional[int]) -> Optional[List[int]]:
+    """The preset's mask for this step count (None, with a warning, when it has none)."""
     if num_inference_steps is None:
         raise ConfigError(
             _MASK_KEY,
-            text,
-            allowed,
+            policy,
+            _MASK_ALLOWED,
             hint=f"the preset {policy!r} is sized by num_inference_steps; "
             "set num_inference_steps in the same config section",
         )
-    try:
-        return scm.steps_mask(total_steps=num_inference_steps, mask_policy=policy)
-    except UnsupportedStepCountError as exc:
-        logger.warning(
-            "steps_computation_mask %r has no mask for num_inference_steps=%d (%s); "
-            "running without a steps mask",
-            policy,
-            num_inference_steps,
-            exc.allowed,
-        )
-        return None
+    return scm.request_mask(policy, num_inference_steps)
 
 
 @dataclasses.dataclass
-class DBPruneConfig(DBCacheConfig):
+class DBPruneConfig(BasicCacheConfig):
     """Dynamic Block Prune settings; cache-dit's ``DBPruneConfig`` fields and defaults."""
 
     cache_type: CacheType = CacheType.DBPrune
@@ -560,13 +702,14 @@ class DBPruneConfig(DBCacheConfig):
     force_reduce_calibrator_vram: bool = False
 
     _CHECKS: ClassVar[Dict[str, Checker]] = {
-        **DBCacheConfig._CHECKS,
+        **BasicCacheConfig._CHECKS,
         "enable_dynamic_prune_threshold": _check_bool,
         "max_dynamic_prune_threshold": _check_real,
         "dynamic_prune_threshold_relax_ratio": _check_positive_real,
         "non_prune_block_ids": _check_block_ids,
         "force_reduce_calibrator_vram": _check_bool,
     }
+    _OPTIONAL: ClassVar[FrozenSet[str]] = DBCacheConfig._OPTIONAL | {"max_dynamic_prune_threshold"}
 
     def _normalize(self) -> None:
         super()._normalize()
@@ -615,6 +758,7 @@ class CalibratorConfig(_UpdatableConfig):
     calibrator_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     _RESET_KEEPS: ClassVar[Tuple[str, ...]] = ("calibrator_type",)
+    _OPTIONAL: ClassVar[Optional[FrozenSet[str]]] = frozenset()
     _CHECKS: ClassVar[Dict[str, Checker]] = {
         "enable_calibrator": _check_bool,
         "enable_encoder_calibrator": _check_bool,
@@ -672,7 +816,8 @@ class TaylorSeerCalibratorConfig(CalibratorConfig):
 
     _CHECKS: ClassVar[Dict[str, Checker]] = {
         **CalibratorConfig._CHECKS,
-        "taylorseer_order": _int_at_least(1),
+        # Bounded: each cached stream keeps order + 1 tensors, allocated at every request.
+        "taylorseer_order": _int_between(1, MAX_TAYLORSEER_ORDER),
     }
 
     def to_kwargs(self) -> Dict[str, Any]:
@@ -741,21 +886,51 @@ class DMDCalibratorConfig(CalibratorConfig):
 
 
 # --------------------------------------------------------------------------------------------------
-# Parallelism and quantization (parsed and validated; applying them is not supported yet)
+# Parallelism and quantization sections (applied by dit_cache_backend.scaleout)
 # --------------------------------------------------------------------------------------------------
 
-# cache-dit's ParallelismBackend spellings (enum values and names, lower-cased) -> stored name.
-# NATIVE_DIFFUSER is an old name of CACHE_DIT; "None" is refused by cache-dit too.
+
+class ParallelismBackend(str, enum.Enum):
+    """cache-dit's parallelism backends. Members compare equal to their names as strings;
+    ``NATIVE_DIFFUSER`` is an alias of ``CACHE_DIT``, as cache-dit canonicalizes it."""
+
+    AUTO = "AUTO"
+    CACHE_DIT = "CACHE_DIT"  # context parallelism
+    NATIVE_DIFFUSER = "CACHE_DIT"
+    NATIVE_PYTORCH = "NATIVE_PYTORCH"  # tensor parallelism
+    NATIVE_HYBRID = "NATIVE_HYBRID"  # both
+    NONE = "NONE"
+
+    @classmethod
+    def from_str(cls, backend_str: str) -> "ParallelismBackend":
+        return _backend_name(backend_str, _PARALLEL_BACKENDS, "backend")
+
+
+class QuantizeBackend(str, enum.Enum):
+    """cache-dit's quantization backends (members compare equal to their names as strings)."""
+
+    AUTO = "AUTO"
+    TORCHAO = "TORCHAO"
+    CACHE_DIT = "CACHE_DIT"  # cache-dit's own SVDQuant kernels
+    NONE = "NONE"
+
+    @classmethod
+    def from_str(cls, backend_str: str) -> "QuantizeBackend":
+        return _backend_name(backend_str, _QUANTIZE_BACKENDS, "backend")
+
+
+# cache-dit's ParallelismBackend spellings (enum values and names, lower-cased) -> stored member.
+# "None" is refused by cache-dit too.
 _PARALLEL_BACKENDS = {
-    "auto": "AUTO",
-    "cache_dit": "CACHE_DIT",
-    "native_diffuser": "CACHE_DIT",
-    "native_pytorch": "NATIVE_PYTORCH",
-    "native_hybrid": "NATIVE_HYBRID",
+    "auto": ParallelismBackend.AUTO,
+    "cache_dit": ParallelismBackend.CACHE_DIT,
+    "native_diffuser": ParallelismBackend.CACHE_DIT,
+    "native_pytorch": ParallelismBackend.NATIVE_PYTORCH,
+    "native_hybrid": ParallelismBackend.NATIVE_HYBRID,
 }
 _PARALLEL_SIZES = ("ulysses_size", "ring_size", "tp_size")
 _PARALLEL_SIZE_ALIASES = {"ulysses": "ulysses_size", "ring": "ring_size", "tp": "tp_size"}
-# Old parallel_kwargs names that cache-dit still maps onto fields.
+# Old parallel_kwargs names that cache-dit still maps onto fields (with a deprecation warning).
 _DEPRECATED_PARALLEL_KWARGS = {
     "experimental_ulysses_anything": "ulysses_anything",
     "experimental_ulysses_float8": "ulysses_float8",
@@ -769,8 +944,6 @@ def _backend_name(value: Any, table: Mapping[str, str], key: str) -> Any:
         value = value.name
     if isinstance(value, str) and value.strip().lower() in table:
         return table[value.strip().lower()]
-    if isinstance(value, str) and value in table.values():
-        return value
     raise ConfigError(
         key,
         value,
@@ -789,8 +962,9 @@ class ParallelismConfig(_ValidatedConfig):
     """The ``parallelism_config`` section: cache-dit's public ``ParallelismConfig`` fields.
 
     Sizes may be ``"auto"`` (at most one of them), meaning "derived from the world size when
-    applied"; it is kept as ``"auto"`` here because nothing is applied yet (cache-dit resolves it
-    at load time and therefore fails outside ``torchrun``).
+    applied": ``enable_cache`` resolves it (cache-dit resolves it at load time and therefore fails
+    when the file is loaded outside ``torchrun``). ``parallel_kwargs`` (the form of SGLang's and
+    cache-dit's examples) is copied onto the fields.
     """
 
     backend: str = "AUTO"
@@ -821,8 +995,8 @@ class ParallelismConfig(_ValidatedConfig):
     ring_rotate_method: Optional[str] = "p2p"
     ring_convert_to_fp32: Optional[bool] = True
     extra_parallel_modules: Optional[List[Any]] = dataclasses.field(default_factory=list)
-    # Deprecated nesting (still in cache-dit's and SGLang's older docs): its keys are copied onto
-    # the fields above, overriding them, as cache-dit does.
+    # The nesting of SGLang's and cache-dit's examples: its keys are copied onto the fields above,
+    # overriding them, as cache-dit does.
     parallel_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     _CHECKS: ClassVar[Dict[str, Checker]] = {
@@ -866,12 +1040,10 @@ class ParallelismConfig(_ValidatedConfig):
                         [*fields, *_DEPRECATED_PARALLEL_KWARGS],
                         section="parallelism_config.parallel_kwargs",
                     )
-                logger.warning(
-                    "parallelism_config.parallel_kwargs.%s is deprecated; set %s directly in "
-                    "parallelism_config",
-                    key,
-                    target,
-                )
+                if key in _DEPRECATED_PARALLEL_KWARGS:
+                    logger.warning(
+                        "parallelism_config.parallel_kwargs.%s is deprecated; use %s", key, target
+                    )
                 setattr(self, target, value)
         if self.backend is not None:
             self.backend = _backend_name(self.backend, _PARALLEL_BACKENDS, "backend")
@@ -922,12 +1094,12 @@ class ParallelismConfig(_ValidatedConfig):
 
 
 _QUANTIZE_BACKENDS = {
-    "auto": "AUTO",
-    "ao": "TORCHAO",
-    "torchao": "TORCHAO",
-    "cache_dit": "CACHE_DIT",
-    "cache-dit": "CACHE_DIT",
-    "cachedit": "CACHE_DIT",
+    "auto": QuantizeBackend.AUTO,
+    "ao": QuantizeBackend.TORCHAO,
+    "torchao": QuantizeBackend.TORCHAO,
+    "cache_dit": QuantizeBackend.CACHE_DIT,
+    "cache-dit": QuantizeBackend.CACHE_DIT,
+    "cachedit": QuantizeBackend.CACHE_DIT,
 }
 _SVDQ_QUANT_TYPE = re.compile(r"svdq_(?:int4|nvfp4)_r\d+(?:_dq)?")
 
@@ -999,7 +1171,8 @@ class QuantizeConfig(_ValidatedConfig):
             self.backend = _backend_name(self.backend, _QUANTIZE_BACKENDS, "backend")
         if self.backend == "AUTO" and isinstance(self.quant_type, str):
             # cache-dit's choice: SVDQuant runs on its own kernels, everything else on torchao.
-            self.backend = "CACHE_DIT" if self.quant_type.startswith("svdq") else "TORCHAO"
+            svdq = self.quant_type.startswith("svdq")
+            self.backend = QuantizeBackend.CACHE_DIT if svdq else QuantizeBackend.TORCHAO
 
     def _check_relations(self) -> None:
         svdq = isinstance(self.quant_type, str) and self.quant_type.startswith("svdq")
@@ -1016,55 +1189,6 @@ class QuantizeConfig(_ValidatedConfig):
                 "only with an svdq_* quant_type",
                 hint=f"quant_type is {self.quant_type!r}",
             )
-
-
-def _summary(config: Any) -> Any:
-    """The fields of a config that differ from their defaults, to keep error messages short."""
-    if not dataclasses.is_dataclass(config):
-        return config
-
-    def default(field: "dataclasses.Field[Any]") -> Any:
-        if field.default_factory is not dataclasses.MISSING:
-            return field.default_factory()
-        return field.default
-
-    return {
-        field.name: getattr(config, field.name)
-        for field in dataclasses.fields(config)
-        if getattr(config, field.name) != default(field)
-    }
-
-
-def ensure_supported(
-    parallelism_config: Optional[ParallelismConfig],
-    quantize_config: Optional[QuantizeConfig],
-    attention_backend: Optional[str],
-) -> None:
-    """Refuse, before any model is touched, the sections that parse but cannot be applied yet.
-
-    Raises NotSupportedYetError naming the first section that is not ``None``.
-    """
-    if parallelism_config is not None:
-        raise NotSupportedYetError(
-            "parallelism_config",
-            _summary(parallelism_config),
-            what_works="no parallelism_config: use the serving framework's own sequence/tensor "
-            "parallelism (vLLM-Omni, SGLang) or diffusers' enable_parallelism",
-        )
-    if quantize_config is not None:
-        raise NotSupportedYetError(
-            "quantize_config",
-            _summary(quantize_config),
-            what_works="no quantize_config: quantize the model (e.g. with torchao) before or "
-            "after enabling the cache",
-        )
-    if attention_backend is not None:
-        raise NotSupportedYetError(
-            "attention_backend",
-            attention_backend,
-            what_works="no attention_backend: set it on the model directly (diffusers' "
-            "set_attention_backend)",
-        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1131,17 +1255,9 @@ def load_configs(
     """
     raw, source = _read_source(path_or_dict)
     cache_config, calibrator_config = _cache_configs_from(raw, source, reset)
-    parallelism_config = (
-        _parallelism_from(raw["parallelism_config"], source)
-        if "parallelism_config" in raw
-        else None
-    )
-    attention_backend = raw.get("attention_backend")
-    if attention_backend is not None:
-        _check_str("attention_backend", attention_backend)
-    quantize_config = (
-        _quantize_from(raw["quantize_config"], source) if "quantize_config" in raw else None
-    )
+    parallelism_config = _parallelism_from(raw, source)
+    attention_backend = _attention_backend_from(raw)
+    quantize_config = _quantize_from(raw, source)
     if return_dict:
         return {
             "cache_config": cache_config,
@@ -1151,6 +1267,28 @@ def load_configs(
             "quantize_config": quantize_config,
         }
     return cache_config, calibrator_config, parallelism_config, attention_backend, quantize_config
+
+
+def load_parallelism_config(path_or_dict: PathOrDict, **kwargs: Any) -> Optional[ParallelismConfig]:
+    """Load only the ``parallelism_config`` section (``None`` when there is none).
+
+    Unlike cache-dit, ``"auto"`` sizes stay ``"auto"`` until ``enable_cache`` resolves them from
+    the world size. ``check_only=True`` returns whether the section exists.
+    """
+    raw, source = _read_source(path_or_dict)
+    if kwargs.get("check_only", False):
+        return "parallelism_config" in raw  # type: ignore[return-value]
+    return _parallelism_from(raw, source)
+
+
+def load_quantize_config(path_or_dict: PathOrDict, **kwargs: Any) -> Optional[QuantizeConfig]:
+    """Load only the ``quantize_config`` section (``None`` when there is none)."""
+    return _quantize_from(*_read_source(path_or_dict))
+
+
+def load_attn_backend_config(path_or_dict: PathOrDict, **kwargs: Any) -> Optional[str]:
+    """Load only the top-level ``attention_backend`` name (``None`` when there is none)."""
+    return _attention_backend_from(_read_source(path_or_dict)[0])
 
 
 def load_cache_config(
@@ -1194,6 +1332,25 @@ def _copy_containers(value: Any) -> Any:
     return value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that a key set twice in one mapping is an error (the YAML
+    spec requires unique keys; PyYAML silently keeps the last value)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(
+                    str(key),
+                    "set twice",
+                    "each key once per mapping",
+                    message=f"key {key!r} is set twice (line {key_node.start_mark.line + 1})",
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _parse_file(path: Path) -> Dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -1223,7 +1380,7 @@ def _parse_file(path: Path) -> Dict[str, Any]:
             ) from exc
     else:
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -1292,9 +1449,73 @@ def _parse_cache_options(
     calibrator_config = _calibrator_from(calibrator_options, reset)
     if "cache_type" in options:
         options["cache_type"] = CacheType.parse(options["cache_type"])
-    cache_config = config_class().reset() if reset else config_class()
+    if reset:
+        return config_class().reset(**options), calibrator_config
+    cache_config = config_class()
     cache_config.update(**options)
     return cache_config, calibrator_config
+
+
+def split_flat_options(
+    options: Mapping[str, Any], config_class: type
+) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Flat request options (``refresh_context(t, num_inference_steps=50)``) split into cache
+    fields of ``config_class`` and calibrator keys (``enable_taylorseer``, ...), keys checked.
+
+    Values are kept as given (None included: a flat None clears an optional field).
+    """
+    valid = [*config_class._field_names(), *config_class._ALIASES, *sorted(_CALIBRATOR_KEYS)]
+    _check_keys(options, valid, "refresh_context")
+    cache_fields = {k: v for k, v in options.items() if k not in _CALIBRATOR_KEYS}
+    for alias, target in config_class._ALIASES.items():
+        if alias in cache_fields:
+            cache_fields.setdefault(target, cache_fields.pop(alias))
+    calibrator_fields = {k: v for k, v in options.items() if k in _CALIBRATOR_KEYS}
+    return cache_fields, calibrator_fields
+
+
+def refreshed_calibrator(
+    current: Optional[CalibratorConfig], options: Mapping[str, Any]
+) -> Optional[CalibratorConfig]:
+    """The calibrator after a refresh with flat keys: ``enable_taylorseer`` turns TaylorSeer on
+    or off; the other keys change the current TaylorSeer calibrator (refused without one)."""
+    if not options:
+        return current
+    enable = options.get("enable_taylorseer")
+    if enable is not None:
+        _check_bool("enable_taylorseer", enable)
+        if not enable:
+            others = sorted(k for k in options if k != "enable_taylorseer")
+            if others:
+                raise ConfigError(others[0], options[others[0]], "nothing when enable_taylorseer=False")
+            return None
+        if not isinstance(current, TaylorSeerCalibratorConfig):
+            return calibrator_from_options(dict(options))
+    if not isinstance(current, TaylorSeerCalibratorConfig):
+        key = next(iter(options))
+        raise ConfigError(
+            key, options[key], "a change of an enabled TaylorSeer calibrator",
+            hint="TaylorSeer is off here; pass enable_taylorseer=True as well",
+        )
+    for flag in ("enable_encoder_taylorseer",):
+        if options.get(flag) is not None:
+            _check_bool(flag, options[flag])
+    fields: Dict[str, Any] = {}
+    mapping = {
+        "enable_encoder_taylorseer": "enable_encoder_calibrator",
+        "taylorseer_order": "taylorseer_order",
+        "taylorseer_cache_type": "calibrator_cache_type",
+        "calibrator_cache_type": "calibrator_cache_type",
+    }
+    for key, value in options.items():
+        if key == "enable_taylorseer":
+            continue
+        if key not in mapping:
+            raise ConfigError(key, value, "a TaylorSeer key: " + ", ".join(sorted(mapping)))
+        if value is None:
+            raise ConfigError(key, None, "a value")
+        fields[mapping[key]] = value
+    return current.with_fields(**fields)
 
 
 def _cache_config_class(options: Mapping[str, Any]) -> type:
@@ -1315,6 +1536,11 @@ def _cache_config_class(options: Mapping[str, Any]) -> type:
 def _option(options: Mapping[str, Any], key: str, default: Any) -> Any:
     value = options.get(key)
     return default if value is None else value
+
+
+def calibrator_from_options(options: Dict[str, Any]) -> Optional[CalibratorConfig]:
+    """The calibrator of a flat cache section (YAML, a framework's flat config), or None."""
+    return _calibrator_from(options, reset=False)
 
 
 def _calibrator_from(options: Dict[str, Any], reset: bool) -> Optional[CalibratorConfig]:
@@ -1363,9 +1589,11 @@ def _calibrator_from(options: Dict[str, Any], reset: bool) -> Optional[Calibrato
     return family.config_class(**fields)
 
 
-def _parallelism_from(section: Any, source: Optional[str]) -> ParallelismConfig:
+def _parallelism_from(raw: Mapping[str, Any], source: Optional[str]) -> Optional[ParallelismConfig]:
+    if "parallelism_config" not in raw:
+        return None
     where = _where("parallelism_config", source)
-    options = _require_mapping(section, where)
+    options = _require_mapping(raw["parallelism_config"], where)
     fields = ParallelismConfig._field_names()
     _check_keys(options, [*fields, *_PARALLEL_SIZE_ALIASES], where)
     for alias, canonical in _PARALLEL_SIZE_ALIASES.items():
@@ -1383,9 +1611,18 @@ def _parallelism_from(section: Any, source: Optional[str]) -> ParallelismConfig:
     return ParallelismConfig(**options)
 
 
-def _quantize_from(section: Any, source: Optional[str]) -> QuantizeConfig:
+def _attention_backend_from(raw: Mapping[str, Any]) -> Optional[str]:
+    attention_backend = raw.get("attention_backend")
+    if attention_backend is not None:
+        _check_str("attention_backend", attention_backend)
+    return attention_backend
+
+
+def _quantize_from(raw: Mapping[str, Any], source: Optional[str]) -> Optional[QuantizeConfig]:
+    if "quantize_config" not in raw:
+        return None
     where = _where("quantize_config", source)
-    options = _require_mapping(section, where)
+    options = _require_mapping(raw["quantize_config"], where)
     _check_keys(options, QuantizeConfig._field_names(), where)
     # Like cache-dit, an empty YAML value means "use the default".
     return QuantizeConfig(**{key: value for key, value in options.items() if value is not None})

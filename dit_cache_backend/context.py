@@ -1,22 +1,24 @@
 """Cache contexts: the tensor state of one cached block list, around its :class:`StepPolicy`.
 
-A context holds, per CFG branch, the Fn residual of the last computed step (the decision's
-reference) and the middle-block residuals (plain buffers or TaylorSeer streams). It is rebuilt from
-its configuration at every request boundary, so nothing crosses requests (rule 4).
+:class:`BlockListContext` is the part every technique shares: the configs, the policy, the request
+lifetime (rebuilt at every request boundary, so nothing crosses requests, rule 4) and the measured
+relative-L1 diff. :class:`CacheContext` adds DBCache's buffers: per CFG branch, the Fn residual of
+the last computed step (the decision's reference) and the middle-block residuals (plain buffers or
+TaylorSeer streams). DBPrune's per-block buffers are in ``prune.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
 from .calibrators import Calibrator
 from .config import CalibratorConfig, DBCacheConfig
-from .policy import BRANCHES, CallIdentity, PolicySettings, StepPolicy, normalize_mask
+from .policy import BRANCHES, CallIdentity, PolicySettings, StepPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -24,30 +26,30 @@ HIDDEN_STREAM = "hidden"
 ENCODER_STREAM = "encoder"
 
 
-def policy_settings(config: DBCacheConfig, separate_cfg: bool) -> PolicySettings:
-    """Resolve a validated config into the plain values the policy needs."""
-    threshold = config.residual_diff_threshold
-    if isinstance(threshold, torch.Tensor):
-        threshold = threshold.item()
-    return PolicySettings(
-        max_warmup_steps=config.max_warmup_steps,
-        warmup_interval=config.warmup_interval,
-        max_cached_steps=config.max_cached_steps,
-        max_continuous_cached_steps=config.max_continuous_cached_steps,
-        max_accumulated_diff=config.max_accumulated_residual_diff_threshold,
-        threshold=float(threshold),
-        separate_cfg=separate_cfg,
-        cfg_compute_first=bool(config.cfg_compute_first),
-        cfg_diff_compute_separate=bool(config.cfg_diff_compute_separate),
-        mask=normalize_mask(config.steps_computation_mask),
-        static_mask=config.steps_computation_policy == "static",
-        num_inference_steps=config.num_inference_steps,
-        force_refresh_step_hint=config.force_refresh_step_hint,
-    )
+def relative_l1(
+    previous: torch.Tensor, current: torch.Tensor, process_group: Optional[object] = None
+) -> float:
+    """``mean|previous - current| / mean|previous|``, the same on every rank of the group.
+
+    Every rank must take the same decision (rule 6 of DESIGN.md). Under torch.distributed the
+    sums, not the means, are reduced across the group: the ratio of the global sums is the
+    single-process ratio even when the shards are uneven.
+    """
+    if _is_distributed(process_group):
+        stacked = torch.stack([(previous - current).abs().sum(), previous.abs().sum()])
+        dist.all_reduce(stacked, op=dist.ReduceOp.SUM, group=process_group)
+        return (stacked[0] / stacked[1]).item()
+    return ((previous - current).abs().mean() / previous.abs().mean()).item()
 
 
-class CacheContext:
-    """State of one cached block list for the current request."""
+def _is_distributed(process_group: Optional[object]) -> bool:
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    return dist.get_world_size(process_group) > 1
+
+
+class BlockListContext:
+    """Configs, policy and request lifetime of one cached block list (any technique)."""
 
     def __init__(
         self,
@@ -66,26 +68,36 @@ class CacheContext:
         self.nonfinite_diffs = 0
         self._build()
 
-    def _build(self) -> None:
-        self.policy = StepPolicy(policy_settings(self.cache_config, self.separate_cfg))
-        self.fn_residuals: Dict[str, torch.Tensor] = {}
-        self.middle: Dict[Tuple[str, str], torch.Tensor] = {}
-        calibrator = self.calibrator_config
-        self.calibrators: Dict[str, Calibrator] = {}
-        if calibrator is not None and (
-            calibrator.enable_calibrator or calibrator.enable_encoder_calibrator
-        ):
-            self.calibrators = {branch: calibrator.make_calibrator() for branch in BRANCHES}
+    def _build(self, settings: Optional[PolicySettings] = None) -> None:
+        if settings is None:
+            settings = PolicySettings.from_config(self.cache_config, self.separate_cfg)
+        self.policy = StepPolicy(settings)
+        self._build_buffers()
+
+    def _build_buffers(self) -> None:
+        """Fresh, empty tensor state for a new request."""
+        raise NotImplementedError
+
+    def tensors(self) -> List[torch.Tensor]:
+        """Every tensor this context holds right now (for memory accounting)."""
+        raise NotImplementedError
+
+    def num_cached_tensors(self) -> int:
+        return len(self.tensors())
 
     # -- lifetime -------------------------------------------------------------------------------
 
     def reset(self, *, keep_totals: bool = False) -> None:
-        """Start afresh (new request); ``keep_totals`` keeps run-wide counters (forced refresh)."""
+        """Start afresh (new request); ``keep_totals`` keeps run-wide counters (forced refresh).
+
+        A forced refresh with the "once" policy drops the hint from this request's settings only:
+        the next request rebuilds from the config the user gave, and fires it again.
+        """
         previous = self.policy
-        if keep_totals and self.cache_config.force_refresh_step_policy == "once":
-            self.cache_config = self.cache_config.copy()
-            self.cache_config.force_refresh_step_hint = None
-        self._build()
+        settings = None
+        if keep_totals and not previous.settings.force_refresh_repeats:
+            settings = dataclasses.replace(previous.settings, force_refresh_step_hint=None)
+        self._build(settings)
         if keep_totals:
             self.policy.carry_totals_from(previous)
 
@@ -109,57 +121,58 @@ class CacheContext:
             self.reset(keep_totals=reason == "force_refresh_step_hint")
         self.policy.begin_call(identity)
 
-    # -- the decision ----------------------------------------------------------------------------
-
     @property
     def branch(self) -> str:
         return self.policy.branch
 
+    # -- the decision ----------------------------------------------------------------------------
+
+    def decide_against(
+        self,
+        reference: Optional[torch.Tensor],
+        current: torch.Tensor,
+        block: Optional[int] = None,
+    ) -> Tuple[bool, str, Optional[float]]:
+        """The policy's rule, measuring ``current`` against ``reference`` only when it asks.
+
+        A call that autograd tracks (training with gradients) always computes and keeps nothing:
+        a residual from an earlier graph would be backpropagated through twice.
+        """
+        if current.requires_grad:
+            return False, "gradients", None
+        cached, reason, diff = self.policy.decide(
+            lambda: relative_l1(reference, current, self.process_group),
+            has_reference=reference is not None,
+            same_shape=reference is not None and reference.shape == current.shape,
+            block=block,
+        )
+        if reason == "nonfinite_diff":
+            self.nonfinite_diffs += 1
+        return cached, reason, diff
+
+
+class CacheContext(BlockListContext):
+    """DBCache state of one cached block list for the current request."""
+
+    def _build_buffers(self) -> None:
+        self.fn_residuals: Dict[str, torch.Tensor] = {}
+        self.middle: Dict[Tuple[str, str], torch.Tensor] = {}
+        calibrator = self.calibrator_config
+        self.calibrators: Dict[str, Calibrator] = {}
+        if calibrator is not None and (
+            calibrator.enable_calibrator or calibrator.enable_encoder_calibrator
+        ):
+            self.calibrators = {branch: calibrator.make_calibrator() for branch in BRANCHES}
+
     def decide(self, fn_residual: torch.Tensor) -> Tuple[bool, str, Optional[float]]:
         """Whether this call may reuse the cached middle residual, why, and the diff it recorded."""
-        policy = self.policy
-        settled = policy.gate()
-        if settled is not None:
-            cached, reason = settled
-            return cached, reason, None
-        previous = self.fn_residuals.get(policy.branch)
-        if previous is None:
-            return False, "no_reference", None
-        if previous.shape != fn_residual.shape:
-            # A new resolution or batch size inside a context: compute, never a shape error.
-            policy.record_diff(-2.0)
-            return False, "shape_changed", -2.0
-        if policy.settings.threshold >= 1.0:
-            policy.record_diff(-1.0)
-            return True, "threshold_always", -1.0
-        diff = policy.reusable_diff()
-        if diff is None:
-            diff = self._relative_l1(previous, fn_residual)
-        if not math.isfinite(diff):
-            self.nonfinite_diffs += 1
-            return False, "nonfinite_diff", None
-        policy.record_diff(diff)
-        return policy.accepts(diff), "diff", diff
-
-    def _relative_l1(self, previous: torch.Tensor, current: torch.Tensor) -> float:
-        mean_diff = (previous - current).abs().mean()
-        mean_previous = previous.abs().mean()
-        if self._is_distributed():
-            # Every rank must take the same decision (rule 6): average both means first.
-            stacked = torch.stack([mean_diff, mean_previous])
-            dist.all_reduce(stacked, op=dist.ReduceOp.SUM, group=self.process_group)
-            mean_diff, mean_previous = stacked[0], stacked[1]
-        return (mean_diff / mean_previous).item()
-
-    def _is_distributed(self) -> bool:
-        if not (dist.is_available() and dist.is_initialized()):
-            return False
-        return dist.get_world_size(self.process_group) > 1
+        return self.decide_against(self.fn_residuals.get(self.policy.branch), fn_residual)
 
     # -- buffers ---------------------------------------------------------------------------------
 
     def store_fn_residual(self, fn_residual: torch.Tensor) -> None:
-        self.fn_residuals[self.policy.branch] = fn_residual
+        if not fn_residual.requires_grad:
+            self.fn_residuals[self.policy.branch] = fn_residual
 
     def _calibrated(self, stream: str) -> bool:
         calibrator = self.calibrator_config
@@ -171,6 +184,8 @@ class CacheContext:
 
     def store_middle(self, stream: str, value: torch.Tensor) -> None:
         """Keep the middle blocks' contribution of a computed step for later cached steps."""
+        if value.requires_grad:
+            return
         branch = self.policy.branch
         if self._calibrated(stream):
             self.calibrators[branch].update(stream, value, self.policy.step)
@@ -190,7 +205,8 @@ class CacheContext:
         calibrator = self.calibrator_config
         return calibrator is not None and calibrator.calibrator_cache_type == "hidden_states"
 
-    def num_cached_tensors(self) -> int:
-        """How many tensors this context holds right now (for memory accounting)."""
-        count = len(self.fn_residuals) + len(self.middle)
-        return count + sum(c.num_tensors() for c in self.calibrators.values())
+    def tensors(self) -> List[torch.Tensor]:
+        found: List[torch.Tensor] = [*self.fn_residuals.values(), *self.middle.values()]
+        for calibrator in self.calibrators.values():
+            found.extend(calibrator.tensors())
+        return found

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Mapping, Optional
 
-from .config import DBCacheConfig, TaylorSeerCalibratorConfig
+from .config import BasicCacheConfig, CalibratorConfig, DBCacheConfig, calibrator_from_options
 from .errors import ConfigError, UnknownKeyError
+from .scm import MASK_POLICIES
 
 # vLLM-Omni 0.30's DiffusionCacheConfig defaults for the cache-dit backend.
 VLLM_OMNI_DEFAULTS: Dict[str, Any] = {
@@ -58,7 +59,6 @@ CALIBRATOR_KEYS = frozenset(
     {"enable_taylorseer", "taylorseer_order", "enable_encoder_taylorseer", "taylorseer_cache_type"}
 )
 SCM_KEYS = frozenset({"scm_steps_mask_policy", "scm_steps_policy"})
-MASK_POLICIES = ("slow", "medium", "fast", "ultra")
 
 
 @dataclasses.dataclass
@@ -66,7 +66,7 @@ class FrameworkCacheConfig:
     """What a serving framework asked for, as DBCache + calibrator configs + a per-request SCM policy."""
 
     cache_config: DBCacheConfig
-    calibrator_config: Optional[TaylorSeerCalibratorConfig] = None
+    calibrator_config: Optional[CalibratorConfig] = None
     scm_steps_mask_policy: Optional[str] = None
     scm_steps_policy: str = "dynamic"
 
@@ -87,18 +87,10 @@ class FrameworkCacheConfig:
         steps_policy = merged.pop("scm_steps_policy")
         if steps_policy not in ("dynamic", "static"):
             raise ConfigError("scm_steps_policy", steps_policy, "'dynamic' or 'static'")
-        calibrator = None
-        enable = merged.pop("enable_taylorseer")
-        order = merged.pop("taylorseer_order")
-        encoder = merged.pop("enable_encoder_taylorseer", False)
-        cache_type = merged.pop("taylorseer_cache_type", "residual")
-        if enable:
-            calibrator = TaylorSeerCalibratorConfig(
-                enable_calibrator=True,
-                enable_encoder_calibrator=bool(encoder),
-                calibrator_cache_type=cache_type,
-                taylorseer_order=order,
-            )
+        # The calibrator keys go through the YAML path's own reader: same checks, same defaults.
+        calibrator_options = {k: merged.pop(k) for k in list(merged) if k in CALIBRATOR_KEYS}
+        given = {k: v for k, v in calibrator_options.items() if k in values or k == "enable_taylorseer"}
+        calibrator = calibrator_from_options(given)
         cache_config = DBCacheConfig().update(**merged)
         return cls(cache_config, calibrator, policy, steps_policy)
 
@@ -109,7 +101,7 @@ class FrameworkCacheConfig:
             return cls.from_flat({})
         if isinstance(config, FrameworkCacheConfig):
             return config
-        if isinstance(config, DBCacheConfig):
+        if isinstance(config, BasicCacheConfig):
             return cls(config.copy())
         if isinstance(config, Mapping):
             return cls.from_flat(config)

@@ -38,7 +38,7 @@ class ForwardPattern(enum.Enum):
     Pattern_0 = (True, False, False, (HIDDEN, ENCODER), (HIDDEN, ENCODER), True)
     Pattern_1 = (False, False, False, (HIDDEN, ENCODER), (ENCODER, HIDDEN), True)
     Pattern_2 = (False, True, False, (HIDDEN, ENCODER), (HIDDEN,), True)
-    Pattern_3 = (True, True, True, (HIDDEN,), (HIDDEN,), True)
+    Pattern_3 = (False, True, True, (HIDDEN,), (HIDDEN,), True)
     Pattern_4 = (True, False, True, (HIDDEN,), (HIDDEN, ENCODER), True)
     Pattern_5 = (False, False, True, (HIDDEN,), (ENCODER, HIDDEN), True)
 
@@ -69,7 +69,9 @@ class ForwardPattern(enum.Enum):
             first, second = output[0], output[1]
             if self.Forward_H_only and not isinstance(second, torch.Tensor):
                 return first, encoder
-            if self.Return_H_First:
+            # A Pattern 3 block has no encoder stream: a pair it returns starts with the hidden one
+            # (its Return_H_First is False only because cache-dit's enum says so).
+            if self.Return_H_First or (self.Return_H_Only and self.Forward_H_only):
                 return first, second
             return second, first
         raise TypeError(

@@ -3,7 +3,10 @@
 One :class:`StepPolicy` belongs to one cache context (one block list). It owns the step counters,
 the per-branch histories (cached steps, recorded diffs, streaks) and the gate sequence of
 cache-dit 1.5.3 (spec §1.4): warmup → steps mask → max cached → max continuous → accumulated diff →
-threshold; the similarity test itself runs in the engine, which feeds the diff back here.
+threshold, and the whole threshold rule after them (:meth:`StepPolicy.decide`): no reference, shape
+change, threshold ≥ 1, the CFG branch reusing the cond diff, a non-finite diff, ``diff < threshold``.
+DBCache (one decision per block list) and DBPrune (one per block) both decide here; the engine only
+measures the diff, through a callback, when the rule needs it.
 
 Call identity (rule 3 of DESIGN.md): when the caller says which branch (diffusers'
 ``cache_context("cond" | "uncond", step_index=...)``) or which step a call belongs to, that is used;
@@ -13,7 +16,8 @@ otherwise calls are counted the way cache-dit counts them.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional, Sequence, Tuple
+import math
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 COND = "cond"
 UNCOND = "uncond"
@@ -55,6 +59,8 @@ class BranchHistory:
 
     cached_steps: List[int] = dataclasses.field(default_factory=list)
     residual_diffs: Dict[int, float] = dataclasses.field(default_factory=dict)
+    # DBPrune: {step: {block index: diff}} in the order the blocks were asked.
+    block_diffs: Dict[int, Dict[int, float]] = dataclasses.field(default_factory=dict)
     accumulated_diff: float = 0.0
     streak: int = 0
     accumulated_cached_steps: int = 0
@@ -62,12 +68,25 @@ class BranchHistory:
     def clear_request(self) -> None:
         self.cached_steps.clear()
         self.residual_diffs.clear()
+        self.block_diffs.clear()
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneSettings:
+    """DBPrune's own decision fields (cache-dit's ``DBPruneConfig``)."""
+
+    dynamic_threshold: bool = False
+    relax_ratio: float = 1.25
+    max_dynamic_threshold: Optional[float] = None
+    non_prune_block_ids: Tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class PolicySettings:
-    """The decision-relevant fields of a DBCache config, resolved to plain values."""
+    """The decision-relevant fields of a cache config, resolved to plain values."""
 
+    front_blocks: int = 8
+    back_blocks: int = 0
     max_warmup_steps: int = 8
     warmup_interval: int = 1
     max_cached_steps: int = -1
@@ -81,18 +100,64 @@ class PolicySettings:
     static_mask: bool = False
     num_inference_steps: Optional[int] = None
     force_refresh_step_hint: Optional[int] = None
+    force_refresh_repeats: bool = False
+    prune: Optional[PruneSettings] = None  # None: DBCache (one decision per block list)
 
-    def warmup_steps(self) -> frozenset:
+    @classmethod
+    def from_config(cls, config: Any, separate_cfg: bool) -> "PolicySettings":
+        """Resolve a validated DBCache/DBPrune config into plain values."""
+        prune = None
+        if hasattr(config, "non_prune_block_ids"):
+            prune = PruneSettings(
+                dynamic_threshold=bool(config.enable_dynamic_prune_threshold),
+                relax_ratio=float(config.dynamic_prune_threshold_relax_ratio),
+                max_dynamic_threshold=_plain_float(config.max_dynamic_prune_threshold),
+                non_prune_block_ids=tuple(config.non_prune_block_ids or ()),
+            )
+        return cls(
+            front_blocks=config.Fn_compute_blocks,
+            back_blocks=config.Bn_compute_blocks,
+            max_warmup_steps=config.max_warmup_steps,
+            warmup_interval=config.warmup_interval,
+            max_cached_steps=config.max_cached_steps,
+            max_continuous_cached_steps=config.max_continuous_cached_steps,
+            max_accumulated_diff=_plain_float(config.max_accumulated_residual_diff_threshold),
+            threshold=_plain_float(config.residual_diff_threshold),
+            separate_cfg=separate_cfg,
+            cfg_compute_first=bool(config.cfg_compute_first),
+            cfg_diff_compute_separate=bool(config.cfg_diff_compute_separate),
+            mask=normalize_mask(config.steps_computation_mask),
+            static_mask=config.steps_computation_policy == "static",
+            num_inference_steps=config.num_inference_steps,
+            force_refresh_step_hint=config.force_refresh_step_hint,
+            force_refresh_repeats=config.force_refresh_step_policy == "repeat",
+            prune=prune,
+        )
+
+    def partition(self, num_blocks: int) -> Tuple[int, int]:
+        """``(end of the front blocks, start of the back blocks)`` of a list of ``num_blocks``."""
+        front = min(self.front_blocks, num_blocks)
+        return front, max(front, num_blocks - self.back_blocks)
+
+    def protected_blocks(self, num_blocks: int) -> frozenset:
+        """DBPrune: the blocks that always compute (front, back and ``non_prune_block_ids``)."""
+        front_end, back_start = self.partition(num_blocks)
+        listed = () if self.prune is None else self.prune.non_prune_block_ids
+        return frozenset(
+            [*range(front_end), *range(back_start, num_blocks), *(i for i in listed if i < num_blocks)]
+        )
+
+    def warmup_limit(self) -> int:
+        """Steps before this one may be warmup; the mask's leading 1s bound it (they compute)."""
         limit = self.max_warmup_steps
         if self.mask is not None:
-            # The mask's leading run of 1s always computes, so warmup never extends past it.
             leading_ones = 0
             for bit in self.mask:
                 if bit != 1:
                     break
                 leading_ones += 1
             limit = min(limit, leading_ones)
-        return frozenset(range(0, limit, self.warmup_interval))
+        return limit
 
 
 class StepPolicy:
@@ -100,7 +165,8 @@ class StepPolicy:
 
     def __init__(self, settings: PolicySettings) -> None:
         self.settings = settings
-        self.warmup = settings.warmup_steps()
+        # Arithmetic, not a set of steps: memory must not grow with max_warmup_steps.
+        self._warmup_limit = settings.warmup_limit()
         self.transformer_calls = 0
         self.executed_steps = 0
         self.accumulated_executed_steps = 0
@@ -161,10 +227,6 @@ class StepPolicy:
             return "force_refresh_step_hint"
         return None
 
-    def next_step(self, identity: Optional[CallIdentity]) -> int:
-        """The diffusion-step index the next call will get (used to size per-request state)."""
-        return self._resolve(identity)[1]
-
     def begin_call(self, identity: Optional[CallIdentity] = None) -> None:
         """Advance the counters for one call (cache-dit's ``mark_step_begin``)."""
         branch, step = self._resolve(identity)
@@ -187,6 +249,9 @@ class StepPolicy:
         if not history.cached_steps or history.cached_steps[-1] != step - 1:
             history.streak = 0
 
+    def is_warmup(self, step: int) -> bool:
+        return 0 <= step < self._warmup_limit and step % self.settings.warmup_interval == 0
+
     @property
     def history(self) -> BranchHistory:
         return self.histories[self.branch]
@@ -194,14 +259,18 @@ class StepPolicy:
     # -- gates ---------------------------------------------------------------------------------
 
     def gate(self) -> Optional[Tuple[bool, str]]:
-        """Gates 1–6: ``(cached, reason)`` when they settle the call, None when the diff decides."""
+        """Gates 1–5 (warmup, mask, max cached, max continuous, accumulated diff): ``(cached,
+        reason)`` when they settle the call, None when the threshold rule decides."""
         settings = self.settings
         step = self.step
-        if step in self.warmup:
+        if self.is_warmup(step):
             return False, "warmup"
         mask = settings.mask
         if mask is not None:
-            if step < len(mask) and mask[step] == 1:
+            if step >= len(mask):
+                # A mask says nothing past its end: compute rather than reuse one residual forever.
+                return False, "past_mask"
+            if mask[step] == 1:
                 return False, "mask"
             if settings.static_mask:
                 return True, "static_mask"
@@ -216,16 +285,76 @@ class StepPolicy:
         limit = settings.max_accumulated_diff
         if limit is not None and limit > 0 and history.accumulated_diff >= limit:
             return False, "max_accumulated_residual_diff"
-        if settings.threshold <= 0:
-            return False, "threshold_disabled"
         return None
 
-    def reusable_diff(self) -> Optional[float]:
-        """The cond branch's diff of this step when the CFG branch may reuse it."""
-        settings = self.settings
-        if self.branch != UNCOND or settings.cfg_diff_compute_separate:
+    def decide(
+        self,
+        measure: Callable[[], float],
+        *,
+        has_reference: bool,
+        same_shape: bool,
+        block: Optional[int] = None,
+    ) -> Tuple[bool, str, Optional[float]]:
+        """The whole rule for one call (DBCache) or one block (DBPrune, ``block`` its index).
+
+        Returns ``(cached, reason, recorded diff)``. ``measure`` computes the relative-L1 diff
+        against the reference and is only called when the rule needs it; ``has_reference`` and
+        ``same_shape`` say whether a reference exists and matches the current shape.
+        """
+        settled = self.gate()
+        if settled is not None:
+            return settled[0], settled[1], None
+        if self.settings.threshold <= 0:
+            return False, "threshold_disabled", None
+        if not has_reference:
+            return False, "no_reference", None
+        if not same_shape:
+            # A new resolution or batch size inside a context: compute, never a shape error.
+            self._record(-2.0, block)
+            return False, "shape_changed", -2.0
+        threshold = self.threshold(block)
+        if threshold >= 1.0:
+            self._record(-1.0, block)
+            return True, "threshold_always", -1.0
+        diff = self.reusable_diff(block)
+        if diff is None:
+            diff = measure()
+        if not math.isfinite(diff):
+            return False, "nonfinite_diff", None
+        self._record(diff, block)
+        return diff < threshold, "diff", diff
+
+    def threshold(self, block: Optional[int] = None) -> float:
+        """The threshold of this call; DBPrune's dynamic one is relaxed from this step's first
+        positive block diffs (cache-dit's ``enable_dynamic_prune_threshold``)."""
+        base = self.settings.threshold
+        prune = self.settings.prune
+        if block is None or prune is None or not prune.dynamic_threshold:
+            return base
+        asked = self.history.block_diffs.get(self.step, {})
+        recent = [d for d in list(asked.values())[:5] if d > 0]
+        if not recent:
+            return base
+        relaxed = sum(recent) / len(recent) * prune.relax_ratio
+        ceiling = prune.max_dynamic_threshold
+        if ceiling is None:
+            ceiling = 2 * base
+        return relaxed if base < relaxed < ceiling else base
+
+    def reusable_diff(self, block: Optional[int] = None) -> Optional[float]:
+        """The cond branch's diff of this step (and block) when the CFG branch may reuse it."""
+        if self.branch != UNCOND or self.settings.cfg_diff_compute_separate:
             return None
-        return self.histories[COND].residual_diffs.get(self.step)
+        cond = self.histories[COND]
+        if block is None:
+            return cond.residual_diffs.get(self.step)
+        return cond.block_diffs.get(self.step, {}).get(block)
+
+    def _record(self, diff: float, block: Optional[int]) -> None:
+        if block is None:
+            self.record_diff(diff)
+        else:
+            self.history.block_diffs.setdefault(self.step, {})[block] = diff
 
     def record_diff(self, diff: float) -> None:
         """Keep the first diff of this (step, branch); only positive diffs accumulate."""
@@ -235,9 +364,6 @@ class StepPolicy:
         history.residual_diffs[self.step] = diff
         if diff > 0.0:
             history.accumulated_diff += diff
-
-    def accepts(self, diff: float) -> bool:
-        return diff < self.settings.threshold
 
     def mark_cached(self) -> None:
         history = self.history
@@ -266,6 +392,11 @@ class StepPolicy:
                 branch
             ].accumulated_cached_steps
         self.decisions = list(previous.decisions)
+
+
+def _plain_float(value: Any) -> Optional[float]:
+    """A float from a validated number (a 0-d tensor threshold included), None kept."""
+    return None if value is None else float(value)
 
 
 def normalize_mask(mask: Optional[Sequence[int]]) -> Optional[Tuple[int, ...]]:

@@ -31,7 +31,7 @@ import torch
 
 from .block_adapter import TRANSFORMER_ATTRS, BlockAdapter, PatchFunctor, is_pipeline
 from .errors import UnsupportedModelError
-from .functors import ChromaModulation
+from .functors import ChromaModulation, GlmImageKVCaches, HunyuanDiTSkips
 from .patterns import HIDDEN, ForwardPattern
 
 Pattern_0, Pattern_1, Pattern_2, Pattern_3 = (
@@ -84,6 +84,8 @@ class Family:
     split_steps: Optional[StepSplit] = None
     # Set on rows that exist to refuse a family, with the reason shown to the user.
     refused: Optional[str] = None
+    # A reason to refuse one configuration of the family's transformer (None: cacheable).
+    refuse_when: Optional[Callable[[torch.nn.Module], Optional[str]]] = None
 
     def pipeline_transformers(self, pipeline: Any) -> List[torch.nn.Module]:
         """The transformers this row caches in ``pipeline``, in ``transformer_attrs`` order."""
@@ -114,6 +116,10 @@ class Family:
         transformers = [obj] if pipe is None else self.pipeline_transformers(pipe)
         if not transformers or not self.verified(transformers):
             return None  # enable_cache then infers the layout (inference.py)
+        for transformer in transformers:
+            reason = self.refuse_when(transformer) if self.refuse_when is not None else None
+            if reason:
+                raise UnsupportedModelError(f"{type(transformer).__name__}: {reason}")
         attrs = [attr for attr, _ in self.lists]
         patterns = [pattern for _, pattern in self.lists]
         if self.joined:
@@ -156,6 +162,18 @@ def _refuse_controlnet(pipe: Any) -> None:
 # A cached list runs the loop body once, so only block 0's hint would be added, after all blocks:
 # the control signal would be silently dropped. (vLLM-Omni's own cache-dit enabler caches
 # Wan22VACEPipeline's `blocks` with Pattern_2 and has exactly that defect.)
+def _consisid_face_adapter(transformer: torch.nn.Module) -> Optional[str]:
+    """ConsisID with its face adapter adds a face cross-attention after every
+    ``cross_attn_interval``-th block, indexed by block inside the loop: not cacheable as a list."""
+    if getattr(transformer, "is_train_face", False):
+        return (
+            "its face adapter (is_train_face=True) adds the face embedding after every "
+            f"{transformer.cross_attn_interval}th block, indexed by block inside the block loop; a "
+            "cached block list would add it once. Only ConsisID without the face adapter is cached."
+        )
+    return None
+
+
 WAN_VACE_REFUSAL = (
     "Wan VACE transformers add a VACE hint after specific blocks, indexed by block inside the "
     "block loop; a cached block list would apply only the first hint and drop the control "
@@ -170,6 +188,10 @@ FAMILIES: Tuple[Family, ...] = (
     # FLUX.1: both block kinds take (hidden, encoder) and return (encoder, hidden), so one context
     # runs the 19 double + 38 single blocks and Fn_compute_blocks=1 probes with double block 0.
     Family("Flux", ("FluxTransformer2DModel",),
+           (("transformer_blocks", Pattern_1), ("single_transformer_blocks", Pattern_1)),
+           joined=True),
+    # VisualCloze pipelines run a FLUX.1 transformer: the same single context.
+    Family("VisualCloze", ("FluxTransformer2DModel",),
            (("transformer_blocks", Pattern_1), ("single_transformer_blocks", Pattern_1)),
            joined=True),
     Family("Chroma", ("ChromaTransformer2DModel",),
@@ -233,7 +255,39 @@ FAMILIES: Tuple[Family, ...] = (
            separate_cfg=True),
     Family("JoyImage", ("JoyImageEditTransformer3DModel",), (("double_blocks", Pattern_0),),
            separate_cfg=True),
-    Family("Kandinsky5", (), (("visual_transformer_blocks", Pattern_3),), separate_cfg=True),
+    # Only the visual decoder blocks (the text encoder blocks run once, before them); their
+    # hidden stream is `visual_embed`, and the text stream reaches every block unchanged.
+    Family("Kandinsky5", ("Kandinsky5Transformer3DModel",), (("visual_transformer_blocks", Pattern_3),),
+           separate_cfg=True, hidden_argument="visual_embed"),
+    Family("ConsisID", ("ConsisIDTransformer3DModel",), (("transformer_blocks", Pattern_0),),
+           refuse_when=_consisid_face_adapter),
+    Family("GlmImage", ("GlmImageTransformer2DModel",), (("transformer_blocks", Pattern_0),),
+           separate_cfg=True, functor=GlmImageKVCaches),
+    # aMUSEd's UVit2DModel calls each layer through a local alias (`layer_ = layer`), which
+    # inference does not follow; the layers take the caption by keyword and return the hidden stream.
+    Family("Amused", ("UVit2DModel",), (("transformer_layers", Pattern_3),)),
+    # HiDream's loops re-concatenate and truncate the text stream around every block, indexed by
+    # block (cache-dit rewrites its forward); a cached list cannot reproduce that.
+    Family("HiDream", (), (), refused=(
+        "HiDream's block loops rebuild the text stream before each block (concatenating the "
+        "block's own Llama layer states, indexed by block) and truncate it after; a cached block "
+        "list would feed every block the first block's text stream. HiDream is not cached."
+    )),
+    Family("OmniGen", ("OmniGenTransformer2DModel",), (("layers", Pattern_3),)),
+    Family("StableAudio", ("StableAudioDiTModel",), (("transformer_blocks", Pattern_3),)),
+    # Shap-E's pipelines hold their transformer as `prior`.
+    Family("ShapE", ("PriorTransformer",), (("transformer_blocks", Pattern_3),),
+           transformer_attrs=("prior",)),
+    Family("HunyuanImage", ("HunyuanImageTransformer2DModel",),
+           (("transformer_blocks", Pattern_0), ("single_transformer_blocks", Pattern_0)),
+           separate_cfg=True),
+    # PAG swaps attention processors; the layout is HunyuanDiT's (listed first: it is a longer prefix).
+    Family("HunyuanDiTPAG", ("HunyuanDiT2DModel",), (("blocks", Pattern_3),), functor=HunyuanDiTSkips),
+    Family("HunyuanDiT", ("HunyuanDiT2DModel",), (("blocks", Pattern_3),), functor=HunyuanDiTSkips),
+    # The loop rebuilds `temb` from the same six tensors before every block; the blocks only read
+    # it, so one list call with the first `temb` is exact (inference sees a changed variable).
+    Family("ErnieImage", ("ErnieImageTransformer2DModel",), (("layers", Pattern_3),),
+           hidden_argument="x"),
     # Third-party (not in diffusers): a dual-stream layout like HiDream's, as cache-dit registers it.
     Family("BooguImage", (), (("double_stream_layers", Pattern_0), ("single_stream_layers", Pattern_3)),
            separate_cfg=True),
@@ -294,9 +348,12 @@ class BlockAdapterRegister:
 
     @classmethod
     def entry_for(cls, obj_or_name: Any) -> Optional[ModelEntry]:
+        """The first entry whose prefix starts the class name of the object or its transformer;
+        a row also matches the classes it lists (Shap-E's transformer is a ``PriorTransformer``)."""
         names = _candidate_names(obj_or_name)
         for entry in cls._entries:
-            if any(name.startswith(entry.prefix) for name in names):
+            listed = () if entry.family is None else entry.family.classes + entry.family.pipelines
+            if any(name.startswith(entry.prefix) or name in listed for name in names):
                 return entry
         return None
 
@@ -329,9 +386,10 @@ def _candidate_names(obj_or_name: Any) -> List[str]:
     if isinstance(obj_or_name, str):
         return [obj_or_name]
     names = [type(obj_or_name).__name__]
-    transformer = getattr(obj_or_name, "transformer", None)
-    if isinstance(transformer, torch.nn.Module):
-        names.append(type(transformer).__name__)
+    for attr in ("transformer", "prior"):
+        module = getattr(obj_or_name, attr, None)
+        if isinstance(module, torch.nn.Module) and module is not obj_or_name:
+            names.append(type(module).__name__)
     return names
 
 
@@ -347,9 +405,10 @@ def separate_cfg(obj: Any) -> bool:
 
 
 def transformer_attrs(pipeline: Any) -> Tuple[str, ...]:
-    """Which attributes of ``pipeline`` hold its transformers: its row's, else the default."""
+    """Which attributes of ``pipeline`` may hold its transformers: its row's, then the default."""
     family = family_for(pipeline)
-    return family.transformer_attrs if family is not None else TRANSFORMER_ATTRS
+    own = family.transformer_attrs if family is not None else ()
+    return own + tuple(attr for attr in TRANSFORMER_ATTRS if attr not in own)
 
 
 def supported_pipelines() -> Tuple[int, List[str]]:

@@ -14,13 +14,14 @@ instead of an ``AssertionError`` or a silently wrong mask.
 
 from __future__ import annotations
 
+import logging
 import numbers
 from itertools import zip_longest
 from typing import Any, Optional, Sequence
 
 from .errors import ConfigError, UnsupportedStepCountError
 
-__all__ = ["MASK_POLICIES", "steps_mask", "mask_from_string", "mask_to_string"]
+__all__ = ["MASK_POLICIES", "steps_mask", "request_mask", "mask_from_string", "mask_to_string"]
 
 #: Preset names, from the most computed steps (best quality) to the fewest (fastest).
 MASK_POLICIES = ("slow", "medium", "fast", "ultra")
@@ -67,6 +68,29 @@ _FEW_STEP_RUNS: dict[int, _Runs] = {
 }
 
 _MASK_KEY = "steps_computation_mask"
+
+logger = logging.getLogger(__name__)
+
+
+def request_mask(policy: Optional[str], num_inference_steps: Optional[int]) -> Optional[list[int]]:
+    """The steps mask of one request: ``policy``'s preset expanded for its step count.
+
+    Every front door (configs, refresh_context, the serving backends) builds a request's mask
+    here. ``None`` when there is no policy or no step count, or when the preset has no mask for
+    that count (a warning; the request then runs as plain DBCache instead of failing).
+    """
+    if policy is None or num_inference_steps is None:
+        return None
+    try:
+        return steps_mask(total_steps=num_inference_steps, mask_policy=policy)
+    except UnsupportedStepCountError as exc:
+        logger.warning(
+            "steps mask preset %r has no mask for num_inference_steps=%d (%s); this request runs without one",
+            policy,
+            num_inference_steps,
+            exc.allowed,
+        )
+        return None
 
 
 def steps_mask(

@@ -17,16 +17,17 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import threading
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 
 from .block_adapter import CachedListSpec, get_submodule_parent
-from .blocks import CachedBlocks
-from .config import CacheType
-from .context import CacheContext
-from .prune import PruneContext, PrunedBlocks
+from .blocks import BlockListRunner
+from .context import BlockListContext
+from .errors import DitCacheError
 from .policy import CallIdentity
+from .techniques import technique_for
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +97,11 @@ class CacheSession:
         self.specs = specs
         self.separate_cfg = separate_cfg
         self.identity: Optional[CallIdentity] = None
-        self.contexts: Dict[str, CacheContext] = {}
-        self.wrappers: Dict[str, CachedBlocks] = {}
+        self.contexts: Dict[str, BlockListContext] = {}
+        self.wrappers: Dict[str, BlockListRunner] = {}
         for spec, (cache_config, calibrator_config) in zip(specs, configs):
-            prune = cache_config.cache_type == CacheType.DBPrune
-            context = (PruneContext if prune else CacheContext)(
+            technique = technique_for(cache_config.cache_type)
+            context = technique.context(
                 spec.name,
                 cache_config,
                 calibrator_config,
@@ -108,7 +109,7 @@ class CacheSession:
                 process_group=process_group,
             )
             self.contexts[spec.name] = context
-            self.wrappers[spec.name] = (PrunedBlocks if prune else CachedBlocks)(
+            self.wrappers[spec.name] = technique.runner(
                 spec.blocks,
                 spec.pattern,
                 context,
@@ -121,12 +122,24 @@ class CacheSession:
                     else functools.partial(spec.patch_functor.block_kwargs, spec.attr)
                 ),
             )
+        # Where each wrapper finds its blocks at call time: the lists that held them at enable time
+        # (one list, or a list plus the "dummy" lists folded into it), or None when the adapter
+        # gave blocks that no list of the transformer holds (then they are fixed).
+        self._block_sources: Dict[str, Optional[List[str]]] = {
+            spec.name: _block_sources(spec) for spec in specs
+        }
         self.transformers: List[torch.nn.Module] = list(
             {id(s.transformer): s.transformer for s in specs}.values()
         )
         self._patches: List[Any] = []
         self._pipeline_class: Optional[type] = None
         self.active = False
+        self._calling = threading.RLock()
+        self._open_requests = 0
+
+    def __reduce__(self) -> Any:
+        # A copy of a cached module is an uncached module (see _CopiedUncached).
+        return (_no_session, ())
 
     # -- identity ------------------------------------------------------------------------------
 
@@ -143,6 +156,12 @@ class CacheSession:
             self.identity = previous
 
     # -- lifetime ------------------------------------------------------------------------------
+
+    def in_request(self) -> bool:
+        """Whether a call belongs to a request of ours. In pipeline mode only the enabled
+        pipeline's calls do: a sibling pipeline sharing the transformer (``from_pipe``,
+        ``Pipeline(**pipe.components)``) runs it uncached instead of continuing our request."""
+        return self.persistent or self._open_requests > 0
 
     def start_request(self) -> None:
         """Fresh buffers and counters for every context (a new pipeline call or a refresh)."""
@@ -192,28 +211,25 @@ class CacheSession:
     def _patch_transformer(self, transformer: torch.nn.Module) -> None:
         specs = [s for s in self.specs if s.transformer is transformer]
         original_forward = transformer.forward
-        session = self
-
-        @functools.wraps(original_forward)
-        def cached_forward(*args: Any, **kwargs: Any) -> Any:
-            if not session.active:
-                return original_forward(*args, **kwargs)
-            with session._swapped_block_lists(transformer, specs):
-                return original_forward(*args, **kwargs)
-
+        cached_forward = _CachedForward(self, transformer, specs, original_forward)
         previous = transformer.__dict__.get("forward", _MISSING)
         self._patches.append(_ForwardPatch(transformer, previous, original_forward, cached_forward))
         transformer.__dict__["forward"] = cached_forward
         original_cache_context = getattr(transformer, "cache_context", None)
         if callable(original_cache_context):
+            self._set(
+                transformer, "cache_context", _IdentifiedCacheContext(self, transformer, original_cache_context)
+            )
 
-            @contextlib.contextmanager
-            def cache_context(name: str, **kwargs: Any) -> Iterator[None]:
-                identity = CallIdentity.from_context_name(name, kwargs.get("step_index"))
-                with original_cache_context(name, **kwargs), session.call_identity(identity):
-                    yield
-
-            self._set(transformer, "cache_context", cache_context)
+    @contextlib.contextmanager
+    def _one_call_at_a_time(self) -> Iterator[None]:
+        """Refuse a second thread while one call runs: both would share (and corrupt) the
+        contexts and the viewed block lists. The same thread may nest calls."""
+        _enter(self)
+        try:
+            yield
+        finally:
+            _leave(self)
 
     @contextlib.contextmanager
     def _swapped_block_lists(
@@ -222,21 +238,31 @@ class CacheSession:
         viewed: List[torch.nn.ModuleList] = []
         try:
             for spec in specs:
-                viewed.append(_show(transformer, spec.attr, (self.wrappers[spec.name],)))
+                wrapper = self.wrappers[spec.name]
+                _bind_current_blocks(wrapper, transformer, self._block_sources[spec.name])
+                viewed.append(_show(transformer, spec.attr, (wrapper,)))
                 for dummy in spec.dummy_attrs:
                     viewed.append(_show(transformer, dummy, ()))
             yield
         finally:
             for block_list in reversed(viewed):
                 _unshow(block_list)
+            for spec in specs:
+                if self._block_sources[spec.name] is not None:
+                    self.wrappers[spec.name].release()
 
     def _patch_pipeline(self, pipeline: Any) -> None:
         original_class = type(pipeline)
         session = self
 
         def __call__(self_: Any, *args: Any, **kwargs: Any) -> Any:
-            session.start_request()
-            return original_class.__call__(self_, *args, **kwargs)
+            with session._one_call_at_a_time():  # a whole request is one thread's
+                session.start_request()
+                session._open_requests += 1
+                try:
+                    return original_class.__call__(self_, *args, **kwargs)
+                finally:
+                    session._open_requests -= 1
 
         functools.update_wrapper(__call__, original_class.__call__)
         # Same name and qualname: framework registries key enablers by type(pipeline).__name__.
@@ -248,6 +274,69 @@ class CacheSession:
         )
         pipeline.__class__ = cached_class
         self._pipeline_class = original_class
+
+
+class _CopiedUncached:
+    """How the instance patches copy: ``copy.deepcopy``/pickle of a cached transformer give an
+    uncached transformer computing with its own weights (its class's own method, bound to the
+    copy), never one bound to the original."""
+
+    def __reduce__(self) -> Any:
+        return (_class_method_of, (self.transformer, self.method_name))
+
+
+def _class_method_of(module: torch.nn.Module, name: str) -> Any:
+    return getattr(type(module), name).__get__(module)
+
+
+class _CachedForward(_CopiedUncached):
+    """The forward installed on a cached transformer: its own forward, with the block lists
+    viewed as the cached runners for the duration of the call."""
+
+    method_name = "forward"
+
+    def __init__(
+        self,
+        session: "CacheSession",
+        transformer: torch.nn.Module,
+        specs: List[CachedListSpec],
+        original: Callable[..., Any],
+    ) -> None:
+        self.session = session
+        self.transformer = transformer
+        self.specs = specs
+        self.original = original
+        functools.update_wrapper(self, original)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        session = self.session
+        if not session.active or not session.in_request():
+            return self.original(*args, **kwargs)
+        with session._one_call_at_a_time(), session._swapped_block_lists(self.transformer, self.specs):
+            try:
+                return self.original(*args, **kwargs)
+            except BaseException:
+                # The request died mid-way: the next call starts a new one, from step 0.
+                session.start_request()
+                raise
+
+
+class _IdentifiedCacheContext(_CopiedUncached):
+    """diffusers' ``cache_context`` of a cached transformer, also telling the session which CFG
+    branch and step the calls inside belong to (rule 3)."""
+
+    method_name = "cache_context"
+
+    def __init__(self, session: "CacheSession", transformer: torch.nn.Module, original: Callable) -> None:
+        self.session = session
+        self.transformer = transformer
+        self.original = original
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, **kwargs: Any) -> Iterator[None]:
+        identity = CallIdentity.from_context_name(name, kwargs.get("step_index"))
+        with self.original(name, **kwargs), self.session.call_identity(identity):
+            yield
 
 
 class _BlockListView(torch.nn.ModuleList):
@@ -276,9 +365,50 @@ def _view_class(list_class: type) -> type:
 
 
 @torch.compiler.disable
-def _show(transformer: torch.nn.Module, path: str, view: tuple) -> torch.nn.ModuleList:
+def _enter(session: CacheSession) -> None:
+    if not session._calling.acquire(blocking=False):
+        raise DitCacheError(
+            "a cached transformer is already running a call in another thread; its cache state "
+            "is per request, so concurrent calls on one cached module are refused (serialize "
+            "them, or give each thread its own model)"
+        )
+
+
+@torch.compiler.disable
+def _leave(session: CacheSession) -> None:
+    session._calling.release()
+
+
+def _list_at(transformer: torch.nn.Module, path: str) -> Any:
     parent, leaf = get_submodule_parent(transformer, path)
-    block_list = parent._modules[leaf]
+    return parent._modules[leaf]
+
+
+def _block_sources(spec: CachedListSpec) -> Optional[List[str]]:
+    paths = [spec.attr, *spec.dummy_attrs]
+    try:
+        held = [b for path in paths for b in _list_at(spec.transformer, path)._modules.values()]
+    except (AttributeError, KeyError):
+        return None
+    same = len(held) == len(spec.blocks) and all(a is b for a, b in zip(held, spec.blocks))
+    return paths if same else None
+
+
+@torch.compiler.disable
+def _bind_current_blocks(
+    runner: BlockListRunner, transformer: torch.nn.Module, sources: Optional[List[str]]
+) -> None:
+    """Give the runner the blocks the module holds now, not the ones it held at enable time."""
+    if sources is None:
+        return
+    runner.bind(
+        tuple(block for path in sources for block in _list_at(transformer, path)._modules.values())
+    )
+
+
+@torch.compiler.disable
+def _show(transformer: torch.nn.Module, path: str, view: tuple) -> torch.nn.ModuleList:
+    block_list = _list_at(transformer, path)
     block_list.__dict__["_dit_cache_view"] = view
     block_list.__dict__["_dit_cache_class"] = type(block_list)
     block_list.__class__ = _view_class(type(block_list))
@@ -289,6 +419,10 @@ def _show(transformer: torch.nn.Module, path: str, view: tuple) -> torch.nn.Modu
 def _unshow(block_list: torch.nn.ModuleList) -> None:
     block_list.__class__ = block_list.__dict__.pop("_dit_cache_class")
     block_list.__dict__.pop("_dit_cache_view", None)
+
+
+def _no_session() -> None:
+    return None
 
 
 def session_of(obj: Any) -> Optional[CacheSession]:

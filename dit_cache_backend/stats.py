@@ -6,11 +6,14 @@ import dataclasses
 import logging
 from typing import Any, Dict, List, Optional, Union
 
+import torch
+
+from .block_adapter import BlockAdapter, is_pipeline
 from .config import CacheType, load_configs
-from .context import CacheContext
+from .context import BlockListContext
 from .policy import COND, UNCOND, Decision
-from .prune import PruneContext
-from .session import session_of
+from .session import CacheSession, session_of
+from .techniques import technique_for
 
 logger = logging.getLogger(__name__)
 
@@ -58,32 +61,7 @@ def _stringify_keys(diffs: Dict[int, float]) -> Dict[str, float]:
     return {str(step): diff for step, diff in sorted(diffs.items())}
 
 
-def _pruning_fields(context: CacheContext) -> Dict[str, Any]:
-    if not isinstance(context, PruneContext):
-        return {}
-
-    def ratio(branch: str) -> Optional[float]:
-        actual = sum(context.actual_blocks[branch])
-        return sum(context.pruned_blocks[branch]) / actual if actual else None
-
-    history = context.policy.histories
-    return dict(
-        residual_diffs={str(s): list(d) for s, d in sorted(context.block_diffs[COND].items())},
-        cfg_residual_diffs={
-            str(s): list(d) for s, d in sorted(context.block_diffs[UNCOND].items())
-        },
-        pruned_steps=list(history[COND].cached_steps),
-        pruned_blocks=list(context.pruned_blocks[COND]),
-        actual_blocks=list(context.actual_blocks[COND]),
-        pruned_ratio=ratio(COND),
-        cfg_pruned_steps=list(history[UNCOND].cached_steps),
-        cfg_pruned_blocks=list(context.pruned_blocks[UNCOND]),
-        cfg_actual_blocks=list(context.actual_blocks[UNCOND]),
-        cfg_pruned_ratio=ratio(UNCOND),
-    )
-
-
-def context_stats(context: CacheContext) -> CacheStats:
+def context_stats(context: BlockListContext) -> CacheStats:
     policy = context.policy
     cond, uncond = policy.histories[COND], policy.histories[UNCOND]
     stats = CacheStats(
@@ -104,33 +82,113 @@ def context_stats(context: CacheContext) -> CacheStats:
         nonfinite_diffs=context.nonfinite_diffs,
         cached_tensors=context.num_cached_tensors(),
     )
-    return dataclasses.replace(stats, **_pruning_fields(context))
+    extra = technique_for(context.cache_config.cache_type).stats_fields(context)
+    return dataclasses.replace(stats, **extra)
 
 
-def summary(obj: Any, details: bool = False, logging: bool = True) -> List[CacheStats]:
-    """One CacheStats per cached block list, then one mirroring the last list (as cache-dit)."""
+SummarySource = Union[BlockAdapter, torch.nn.Module, Any]
+
+
+def summary(
+    adapter_or_others: SummarySource,
+    details: bool = False,
+    logging: bool = True,
+    **kwargs: Any,
+) -> List[CacheStats]:
+    """What cache-dit's ``summary`` returns, entry for entry.
+
+    * a pipeline or a transformer: one entry per cached block list that is an attribute of the
+      transformer (in attribute-name order, as cache-dit walks ``dir(transformer)``), then one
+      entry per transformer (``transformer``, then ``transformer_2``) — its first list's options,
+      its last list's counters;
+    * a ``BlockAdapter``: one transformer-level entry per transformer;
+    * nothing cached: ``[CacheStats()]``.
+
+    :func:`contexts_summary` gives one entry per cache context instead. ``kwargs`` is accepted as
+    cache-dit accepts (and ignores) it.
+    """
+    session = session_of(adapter_or_others)
+    if session is None:
+        return [CacheStats()]
+    if isinstance(adapter_or_others, BlockAdapter):
+        transformers = [
+            t for t in _as_list(adapter_or_others.transformer) if t in session.transformers
+        ] or session.transformers
+        entries = [_transformer_stats(session, t) for t in transformers]
+    else:
+        transformers = _summarized_transformers(session, adapter_or_others)
+        entries = [s for t in transformers for s in _attribute_list_stats(session, t)]
+        entries += [_transformer_stats(session, t) for t in transformers]
+    if logging:
+        for entry in entries:
+            _log_stats(entry, details)
+    return entries
+
+
+def contexts_summary(obj: SummarySource) -> List[CacheStats]:
+    """Ours: one CacheStats per cache context (block list), in the order they were cached."""
     session = session_of(obj)
     if session is None:
         return []
-    stats = [context_stats(context) for context in session.contexts.values()]
-    stats.append(dataclasses.replace(stats[-1]))
-    if logging:
-        for entry in stats[:-1]:
-            _log_stats(entry, details)
-    return stats
+    return [context_stats(context) for context in session.contexts.values()]
+
+
+def _as_list(value: Any) -> List[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _summarized_transformers(session: CacheSession, obj: Any) -> List[torch.nn.Module]:
+    """cache-dit reads ``pipe.transformer`` and ``pipe.transformer_2``, or the module itself."""
+    if isinstance(obj, torch.nn.Module):
+        candidates = [obj]
+    else:
+        candidates = [getattr(obj, "transformer", None), getattr(obj, "transformer_2", None)]
+    cached = [t for t in candidates if t is not None and t in session.transformers]
+    # A pipeline whose cached model sits elsewhere (BAGEL's language model): report that one.
+    return cached or list(session.transformers)
+
+
+def _attribute_list_stats(session: CacheSession, transformer: torch.nn.Module) -> List[CacheStats]:
+    """Entries of the cached lists that are attributes of the transformer, by attribute name.
+
+    A list the adapter built (Flux's concatenated blocks) is no attribute, so it has no entry.
+    """
+    found = []
+    for spec in session.specs:
+        if spec.transformer is not transformer or "." in spec.attr:
+            continue
+        attribute = transformer._modules.get(spec.attr)
+        if isinstance(attribute, torch.nn.ModuleList) and _same_blocks(attribute, spec.blocks):
+            found.append((spec.attr, context_stats(session.contexts[spec.name])))
+    return [stats for _, stats in sorted(found, key=lambda item: item[0])]
+
+
+def _same_blocks(block_list: torch.nn.ModuleList, blocks: List[torch.nn.Module]) -> bool:
+    children = list(block_list._modules.values())
+    return len(children) == len(blocks) and all(a is b for a, b in zip(children, blocks))
+
+
+def _transformer_stats(session: CacheSession, transformer: torch.nn.Module) -> CacheStats:
+    """cache-dit's transformer-level entry: the first list's options, the last list's counters."""
+    contexts = [session.contexts[s.name] for s in session.specs if s.transformer is transformer]
+    last = context_stats(contexts[-1])
+    return dataclasses.replace(last, cache_options=context_stats(contexts[0]).cache_options)
 
 
 def _log_stats(stats: CacheStats, details: bool) -> None:
     total = stats.executed_steps
     cached = len(stats.cached_steps)
     logger.info(
-        "%s: %s, cached %d/%d steps %s%s",
+        "%s: %s, cached %d/%d steps %s%s, holding %d tensors",
         stats.name,
         strify(stats),
         cached,
         total,
         stats.cached_steps,
         f", cfg cached {stats.cfg_cached_steps}" if stats.cfg_cached_steps else "",
+        stats.cached_tensors,  # what the cache keeps in memory until the next request
     )
     if details and stats.residual_diffs:
         diffs = sorted(v for v in stats.residual_diffs.values() if v >= 0)
@@ -148,11 +206,16 @@ def _log_stats(stats: CacheStats, details: bool) -> None:
             )
 
 
-StrifySource = Union[CacheStats, List[CacheStats], Dict[str, Any], Any]
+StrifySource = Union[CacheStats, List[CacheStats], Dict[str, Any], SummarySource]
 
 
-def strify(obj: StrifySource) -> str:
-    """cache-dit's tag: ``{cache}_{calibrator}[_{parallelism}][_{quantize}][_S{cached}]``."""
+def strify(adapter_or_others: StrifySource) -> str:
+    """cache-dit's tag: ``{cache}_{calibrator}[_{parallelism}][_{quantize}][_S{cached}]``.
+
+    Of a pipeline, transformer or adapter it describes the last entry of :func:`summary` (as
+    cache-dit does: ``strify(pipe.transformer)`` describes that transformer); of a list, its first.
+    """
+    obj = adapter_or_others
     accumulated = None
     parallelism = quantize = None
     if isinstance(obj, dict):
@@ -167,9 +230,13 @@ def strify(obj: StrifySource) -> str:
             stats = obj[0] if obj else None
         elif isinstance(obj, CacheStats):
             stats = obj
+        elif isinstance(obj, (BlockAdapter, torch.nn.Module)) or is_pipeline(obj):
+            stats = summary(obj, logging=False)[-1]
         else:
-            entries = summary(obj, logging=False)
-            stats = entries[-1] if entries else None
+            raise ValueError(  # cache-dit's exception type
+                "strify() takes a pipeline, a transformer, a BlockAdapter, a CacheStats, a list of "
+                f"them or a dict of cache options, got {type(obj).__name__}"
+            )
         if stats is None:
             return ""
         options = stats.cache_options

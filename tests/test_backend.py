@@ -1,5 +1,8 @@
 """CacheDiTBackend: what serving frameworks drive (enable once, refresh per request, disable)."""
 
+import contextlib
+
+import numpy as np
 import pytest
 import torch
 
@@ -7,8 +10,13 @@ import dit_cache_backend as dcb
 from dit_cache_backend.backend import (
     CUSTOM_DIT_ENABLERS,
     CacheDiTBackend,
+    EnablePlan,
     EnableResult,
+    enable_all,
+    is_cached,
+    refresh_target,
     register_enabler,
+    request_mask,
     standard_enabler,
 )
 from dit_cache_backend.registry import wan22_step_split
@@ -215,3 +223,109 @@ def test_wan22_step_split_does_not_touch_the_pipeline_scheduler():
     pipeline.scheduler.set_timesteps(3)
     wan22_step_split(pipeline, 40)
     assert len(pipeline.scheduler.timesteps) == 3
+
+
+# -- clear errors, accepted inputs ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["balanced", 3, 0.5, ["Fn_compute_blocks"]])
+def test_a_cache_config_of_the_wrong_kind_names_the_argument_and_what_is_allowed(value):
+    with pytest.raises(dcb.ConfigError) as error:
+        CacheDiTBackend(value)
+    assert error.value.key == "cache_config"
+    assert "a flat dict" in str(error.value) and "load_configs" in str(error.value)
+
+
+def test_a_load_configs_result_configures_the_backend():
+    from dit_cache_backend.presets import preset_path
+
+    loaded = dcb.load_configs(preset_path("balanced"))
+    backend = CacheDiTBackend(loaded)
+    assert backend.config.cache_config.strify() == loaded["cache_config"].strify()
+    assert backend.config.cache_config is not loaded["cache_config"], "the backend keeps a copy"
+
+
+def test_refresh_accepts_numpy_integer_step_counts(pipe):
+    backend = CacheDiTBackend(FLAT)
+    backend.enable(pipe)
+    backend.refresh(pipe, np.int64(10))
+    run(pipe, 10)
+    steps = stats_of(backend).cache_options["cache_config"].num_inference_steps
+    assert steps == 10 and type(steps) is int
+    assert [d.step for d in stats_of(backend).decisions] == list(range(10))
+
+
+@pytest.mark.parametrize("value", [True, 2.5, "10", np.float64(10)])
+def test_refresh_rejects_step_counts_that_are_not_integers(pipe, value):
+    backend = CacheDiTBackend(FLAT)
+    backend.enable(pipe)
+    with pytest.raises(dcb.ConfigError, match="num_inference_steps"):
+        backend.refresh(pipe, value)
+
+
+def test_enabling_a_backend_twice_is_a_lifecycle_error_not_a_config_error(pipe):
+    backend = CacheDiTBackend(FLAT)
+    backend.enable(pipe)
+    with pytest.raises(dcb.DitCacheError, match="already enabled") as error:
+        backend.enable(pipe)
+    assert not isinstance(error.value, dcb.ConfigError)
+
+
+# -- the operations the plugins use ---------------------------------------------------------------
+
+
+def test_request_records_hold_each_finished_request_and_the_running_one(pipe):
+    backend = CacheDiTBackend(FLAT)
+    backend.enable(pipe)
+    backend.refresh(pipe, 12)
+    run(pipe, 12)
+    backend.refresh(pipe, 8)
+    run(pipe, 8)
+    first, second = backend.request_records()
+    assert (first.num_inference_steps, second.num_inference_steps) == (12, 8)
+    (context,) = first.contexts
+    assert context.name == "transformer.transformer_blocks"
+    assert context.steps == tuple(range(12))
+    assert sorted(context.computed_steps + context.cached_steps) == list(range(12))
+    assert context.cached_steps, "the trained tiny model caches at R0.12"
+    assert second.contexts[0].steps == tuple(range(8))
+
+
+def test_enable_all_enables_every_plan_or_none(pipe):
+    other = tiny_flux_pipeline()
+    good = EnablePlan(pipe.transformer, dcb.DBCacheConfig(Fn_compute_blocks=1))
+    bad = EnablePlan(other.transformer, dcb.DBCacheConfig(Fn_compute_blocks=7))  # 6 blocks
+    with pytest.raises(dcb.ConfigError, match="Fn_compute_blocks"):
+        enable_all([good, bad])
+    assert not is_cached(pipe.transformer) and not is_cached(other.transformer)
+    assert enable_all([good]) == (pipe.transformer,)
+    assert is_cached(pipe.transformer)
+
+
+def test_an_enable_guard_wraps_each_plan_with_its_label(pipe):
+    seen = []
+
+    @contextlib.contextmanager
+    def guard(plan):
+        seen.append(plan.label)
+        yield
+
+    enable_all([EnablePlan(pipe.transformer, dcb.DBCacheConfig(Fn_compute_blocks=1), label="primary")], guard=guard)
+    assert seen == ["primary"]
+
+
+def test_refresh_target_keeps_the_enabled_mask_unless_one_is_given(pipe):
+    mask = [1, 1, 0, 1, 0, 1, 1, 1]
+    enable_all([EnablePlan(pipe.transformer, dcb.DBCacheConfig(Fn_compute_blocks=1, steps_computation_mask=mask))])
+    refresh_target(pipe.transformer, 8)
+    assert dcb.summary(pipe.transformer, logging=False)[0].cache_options["cache_config"].steps_computation_mask == mask
+    refresh_target(pipe.transformer, 8, steps_computation_mask=None)
+    assert dcb.summary(pipe.transformer, logging=False)[0].cache_options["cache_config"].steps_computation_mask is None
+
+
+def test_request_mask_warns_and_gives_none_for_a_step_count_the_preset_cannot_describe(caplog):
+    assert request_mask("fast", 5) is None
+    assert "no mask for 5 steps" in caplog.text
+    assert request_mask("fast", 12) == dcb.steps_mask(total_steps=12, mask_policy="fast")
+    assert request_mask(None, 12) is None
+    assert request_mask(None, 6, compute_bins=[2, 1], cache_bins=[1, 2]) == [1, 1, 0, 1, 0, 0]

@@ -43,7 +43,7 @@ def graphs_compiled():
 
 @pytest.mark.parametrize(
     "how",
-    ["regional_after_enable", "whole_after_enable", "whole_before_enable"],
+    ["regional_after_enable", "repeated_blocks_after_enable", "whole_after_enable", "whole_before_enable"],
 )
 def test_compiled_caching_matches_eager_and_never_recompiles_after_the_first_request(how):
     pipe = tiny_flux_pipeline()
@@ -52,6 +52,8 @@ def test_compiled_caching_matches_eager_and_never_recompiles_after_the_first_req
     dcb.enable_cache(pipe, cache_config=dcb.DBCacheConfig(**CONFIG))
     if how == "regional_after_enable":
         compile_blocks(pipe.transformer)
+    elif how == "repeated_blocks_after_enable":  # diffusers' regional compile (docs/scaling.md)
+        pipe.transformer.compile_repeated_blocks(fullgraph=True)
     elif how == "whole_after_enable":
         pipe.transformer.compile()
 
@@ -67,3 +69,40 @@ def test_compiled_caching_matches_eager_and_never_recompiles_after_the_first_req
     first_again = generate(pipe, seed=0)
     assert torch.equal(first, first_again)
     assert torch.allclose(first, expected, atol=1e-4)
+
+
+def enable(pipe, cache_type, scope):
+    config_class = dcb.DBPruneConfig if cache_type == "DBPrune" else dcb.DBCacheConfig
+    fields = dict(Fn_compute_blocks=1, max_warmup_steps=2, residual_diff_threshold=0.5)
+    if scope == "transformer":
+        dcb.enable_cache(pipe.transformer, cache_config=config_class(num_inference_steps=STEPS, **fields))
+        return pipe.transformer
+    dcb.enable_cache(pipe, cache_config=config_class(**fields))
+    return pipe
+
+
+@pytest.mark.parametrize("how", ["whole", "regional"])
+@pytest.mark.parametrize("scope", ["pipeline", "transformer"])
+@pytest.mark.parametrize("cache_type", ["DBCache", "DBPrune"])
+def test_no_new_graph_after_the_first_request(cache_type, scope, how):
+    eager_pipe = tiny_flux_pipeline()
+    eager_owner = enable(eager_pipe, cache_type, scope)
+    generate(eager_pipe, seed=0)
+    eager_decisions = [d.cached for d in dcb.summary(eager_owner, logging=False)[0].decisions]
+
+    pipe = tiny_flux_pipeline()
+    owner = enable(pipe, cache_type, scope)
+    if how == "whole":
+        pipe.transformer.compile(backend="eager")
+    else:
+        for block in [*pipe.transformer.transformer_blocks, *pipe.transformer.single_transformer_blocks]:
+            block.compile(backend="eager")
+    graphs = []
+    for seed in (0, 1, 2):
+        generate(pipe, seed)
+        graphs.append(graphs_compiled())
+        if seed == 0:
+            decisions = [d.cached for d in dcb.summary(owner, logging=False)[0].decisions]
+    assert graphs[0] > 0, "something was compiled"
+    assert graphs == [graphs[0]] * 3, f"unique graphs after each request: {graphs}"
+    assert decisions == eager_decisions and any(decisions)

@@ -24,7 +24,6 @@ from dit_cache_backend.config import (
     ParallelismConfig,
     QuantizeConfig,
     TaylorSeerCalibratorConfig,
-    ensure_supported,
     load_cache_config,
     load_configs,
 )
@@ -103,8 +102,11 @@ def test_quantize_config_defaults_equal_cache_dit_apart_from_resolved_backend(ca
     assert mine.backend == "TORCHAO"  # cache-dit resolves AUTO the same way for non-svdq types
 
 
-def test_basic_cache_config_is_an_alias_of_db_cache_config():
-    assert BasicCacheConfig is DBCacheConfig
+def test_db_cache_and_db_prune_configs_are_siblings_under_basic_cache_config():
+    # As in cache-dit: DBCacheConfig and DBPruneConfig both derive from BasicCacheConfig.
+    assert issubclass(DBCacheConfig, BasicCacheConfig)
+    assert isinstance(DBPruneConfig(), BasicCacheConfig)
+    assert not isinstance(DBPruneConfig(), DBCacheConfig)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -272,12 +274,11 @@ def test_misspelt_alias_conflicting_with_real_key_raises():
         DBCacheConfig().update(enable_sperate_cfg=True, enable_separate_cfg=False)
 
 
-def test_reset_clears_every_field_then_applies_overrides():
+def test_reset_gives_a_mapping_of_only_the_fields_set():
     config = DBCacheConfig().reset(num_inference_steps=50)
-    values = config.as_dict()
-    assert values.pop("num_inference_steps") == 50
-    assert set(values.values()) == {None}
-    assert DBCacheConfig().empty().as_dict() == DBCacheConfig().reset().as_dict()
+    assert config.as_dict() == {"num_inference_steps": 50}
+    assert config.Fn_compute_blocks is None  # unset: "keep the base value"
+    assert DBCacheConfig().empty().as_dict() == DBCacheConfig().reset().as_dict() == {}
 
 
 def test_calibrator_reset_keeps_calibrator_type():
@@ -374,9 +375,15 @@ def test_cfg_compute_first_is_allowed_with_shared_diffs_or_without_separate_cfg(
     assert DBCacheConfig(enable_separate_cfg=False, cfg_compute_first=True).cfg_compute_first
 
 
-def test_none_is_allowed_for_every_field():
-    config = DBPruneConfig(**{f.name: None for f in dataclasses.fields(DBPruneConfig)})
-    assert set(config.as_dict().values()) == {None}
+def test_none_is_refused_for_every_field_without_a_meaning_for_none():
+    # A config object is always complete (issue 14); partial overrides are reset() mappings.
+    optional = DBPruneConfig._OPTIONAL
+    for field in dataclasses.fields(DBPruneConfig):
+        if field.name in optional:
+            assert getattr(DBPruneConfig(**{field.name: None}), field.name) is None
+        else:
+            with pytest.raises(ConfigError, match=field.name):
+                DBPruneConfig(**{field.name: None})
 
 
 @pytest.mark.parametrize(
@@ -533,7 +540,7 @@ def test_cache_dit_repo_test_yaml_loads_with_expected_values():
     assert calibrator.enable_encoder_calibrator is False  # YAML default, unlike the dataclass
     parallel = configs["parallelism_config"]
     assert parallel.ulysses_size == 2
-    assert parallel.attention_backend == "native"  # flattened from the deprecated parallel_kwargs
+    assert parallel.attention_backend == "native"  # copied from parallel_kwargs
     assert parallel.extra_parallel_modules == ["text_encoder", "vae"]
     assert configs["attention_backend"] is None and configs["quantize_config"] is None
 
@@ -908,21 +915,3 @@ def test_malformed_svdq_quant_type_raises():
     with pytest.raises(ConfigError, match="quant_type"):
         QuantizeConfig(quant_type="svdq_int4")
 
-
-def test_ensure_supported_accepts_no_extra_sections():
-    assert ensure_supported(None, None, None) is None
-
-
-@pytest.mark.parametrize(
-    "section, args",
-    [
-        ("parallelism_config", (ParallelismConfig(ulysses_size=2), None, None)),
-        ("quantize_config", (None, QuantizeConfig(), None)),
-        ("attention_backend", (None, None, "flash")),
-    ],
-)
-def test_ensure_supported_names_the_section_that_cannot_be_applied(section, args):
-    with pytest.raises(NotSupportedYetError, match=section) as info:
-        ensure_supported(*args)
-    assert info.value.key == section
-    assert "not supported yet" in str(info.value)

@@ -107,7 +107,7 @@ def test_a_sibling_pipeline_of_the_same_class_is_not_affected(pipe, reference):
     dcb.enable_cache(pipe, cache_config=caching())
     generate(pipe)
     assert torch.equal(generate(sibling), reference)
-    assert dcb.summary(sibling, logging=False) == []
+    assert dcb.contexts_summary(sibling) == []
 
 
 def test_every_pipeline_call_starts_from_fresh_state(pipe):
@@ -140,7 +140,7 @@ def test_strify_tags_the_run_like_cache_dit(pipe):
 def assert_untouched(pipe, pipe_class):
     assert type(pipe) is pipe_class
     assert "forward" not in vars(pipe.transformer)
-    assert dcb.summary(pipe, logging=False) == []
+    assert dcb.contexts_summary(pipe) == []
 
 
 @pytest.mark.parametrize(

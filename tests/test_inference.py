@@ -20,9 +20,9 @@ from dit_cache_backend import (
     DBCacheConfig,
     ForwardPattern,
     UnsupportedModelError,
+    contexts_summary,
     disable_cache,
     enable_cache,
-    summary,
 )
 from dit_cache_backend.inference import candidate_lists, infer_adapter, infer_lists
 from dit_cache_backend.registry import FAMILIES
@@ -198,7 +198,7 @@ def test_inferred_adapter_caches_computed_steps_exactly(tmp_path: Path, case: st
     with torch.no_grad():
         outputs = [model(**toy_inputs(step)) for step in range(8)]
         expected = [reference(**toy_inputs(step)) for step in range(8)]
-    (stats,) = summary(model, logging=False)[:-1]
+    (stats,) = contexts_summary(model)
     disable_cache(model)
     assert stats.cached_steps == [2, 3, 5, 6]
     for step in set(range(8)) - set(stats.cached_steps):
@@ -210,7 +210,7 @@ def test_enable_cache_infers_an_unregistered_transformer(tmp_path: Path) -> None
     enable_cache(model, cache_config=DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0))
     with torch.no_grad():
         model(**toy_inputs(0))
-    names = [stats.name for stats in summary(model, logging=False)[:-1]]
+    names = [stats.name for stats in contexts_summary(model)]
     disable_cache(model)
     assert names == ["transformer.layers"]
 

@@ -45,7 +45,7 @@ def alone(request, seed, enable):
 
 
 def enable_pipeline_mode(pipe, request):
-    if dcb.summary(pipe, logging=False) == []:
+    if dcb.contexts_summary(pipe) == []:
         dcb.enable_cache(pipe, cache_config=dcb.DBCacheConfig(**CONFIG))
 
 

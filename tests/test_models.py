@@ -9,6 +9,7 @@ offline pipelines: FLUX.1, Wan 2.1 with CFG, Wan 2.2 with two experts, Qwen-Imag
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Iterator
 from typing import Any, Dict, List, Set
 
@@ -19,8 +20,10 @@ import torch
 
 from dit_cache_backend import (
     BlockAdapterRegister,
+    ConfigError,
     DBCacheConfig,
     UnsupportedModelError,
+    contexts_summary,
     disable_cache,
     enable_cache,
     summary,
@@ -28,6 +31,7 @@ from dit_cache_backend import (
 from dit_cache_backend.registry import FAMILIES
 from dit_cache_backend.backend import CacheDiTBackend
 from dit_cache_backend.policy import COND, UNCOND
+from dit_cache_backend.session import session_of
 
 STEPS = 8
 # Random weights give first-block residual diffs anywhere from 0.01 to above 1 between steps
@@ -61,7 +65,10 @@ def _offline_one_thread() -> Iterator[None]:
 
 
 def _output(model: torch.nn.Module, inputs: Dict[str, Any]) -> torch.Tensor:
-    result = model(**inputs, return_dict=False)[0]
+    if "return_dict" in inspect.signature(type(model).forward).parameters:
+        result = model(**inputs, return_dict=False)[0]
+    else:  # aMUSEd's UVit2DModel returns the tensor
+        result = model(**inputs)
     return result[0] if isinstance(result, list) else result  # Z-Image returns one per image
 
 
@@ -105,7 +112,7 @@ def run(request: pytest.FixtureRequest) -> CachedRun:
         enable_cache(model, cache_config=DBCacheConfig(**CONFIG))
         cached = [_output(model, inputs) for inputs in calls]
         keys.append(list(model.state_dict()))
-        contexts = summary(model, logging=False)[:-1]
+        contexts = contexts_summary(model)
         disable_cache(model)
         after_disable = [_output(model, inputs) for inputs in calls]
     keys.append(list(model.state_dict()))
@@ -169,7 +176,7 @@ def test_chroma_blocks_get_their_own_modulation_slice() -> None:
     model = tm.TINY_TRANSFORMERS["ChromaTransformer2DModel"].build()
     enable_cache(model, cache_config=DBCacheConfig(**CONFIG))
     try:
-        names = [entry.name for entry in summary(model, logging=False)[:-1]]
+        names = [entry.name for entry in contexts_summary(model)]
     finally:
         disable_cache(model)
     assert names == ["transformer.transformer_blocks", "transformer.single_transformer_blocks"]
@@ -185,7 +192,7 @@ def test_sd3_tiny_model_ends_with_a_context_pre_only_block() -> None:
 def test_flux_caches_all_blocks_in_one_context() -> None:
     model = tm.TINY_TRANSFORMERS["FluxTransformer2DModel"].build()
     enable_cache(model, cache_config=DBCacheConfig(**CONFIG))
-    contexts = summary(model, logging=False)[:-1]
+    contexts = contexts_summary(model)
     disable_cache(model)
     assert [c.name for c in contexts] == ["transformer.transformer_blocks"]
 
@@ -238,6 +245,38 @@ def test_wan_vace_is_refused_with_the_reason_by_both_front_doors() -> None:
     assert "forward" not in vars(vace)
 
 
+class _Served:
+    """What a serving framework hands CacheDiTBackend: a pipeline object holding the model."""
+
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        self.transformer = transformer
+
+    def __call__(self) -> None:
+        raise AssertionError("not called")
+
+
+def _cached_lists(enable: Any, model: torch.nn.Module) -> Any:
+    try:
+        enable(model)
+    except UnsupportedModelError as error:
+        return f"refused: {error}"
+    session = session_of(model)
+    lists = [(s.name, s.pattern, len(s.blocks)) for s in session.specs], session.separate_cfg
+    disable_cache(model)
+    return lists
+
+
+def _front_door_models() -> List[Any]:
+    return [tm.TINY_TRANSFORMERS[name].build for name in REGISTERED] + [_tiny_wan_vace]
+
+
+@pytest.mark.parametrize("build", _front_door_models(), ids=REGISTERED + ["WanVACE"])
+def test_both_front_doors_cache_the_same_block_lists_or_refuse_the_same_models(build: Any) -> None:
+    by_api = _cached_lists(lambda m: enable_cache(m, cache_config=DBCacheConfig(**CONFIG)), build())
+    by_backend = _cached_lists(lambda m: CacheDiTBackend({}).enable(_Served(m)), build())
+    assert by_api == by_backend
+
+
 # -- offline pipelines -------------------------------------------------------------------------
 
 
@@ -264,7 +303,7 @@ def _cached_pipeline_contexts(pipe: Any, kwargs: Dict[str, Any]) -> List[Any]:
     enable_cache(pipe, cache_config=DBCacheConfig(**CONFIG))
     try:
         _pipeline_run(pipe, kwargs)
-        return summary(pipe, logging=False)[:-1]
+        return contexts_summary(pipe)
     finally:
         disable_cache(pipe)
 
@@ -321,3 +360,46 @@ def test_qwenimage_pipeline_with_true_cfg_caches_both_branches() -> None:
     pipe = tm.tiny_qwenimage_pipeline()
     stats = _cached_pipeline_contexts(pipe, tm.qwenimage_call_kwargs())[0]
     assert stats.cached_steps and stats.cfg_cached_steps
+
+
+def test_hunyuandit_refuses_back_blocks_whose_skip_a_cached_step_did_not_compute() -> None:
+    # Block L > n//2 takes block n-1-L's output as its skip; with Bn > Fn a back block's source is
+    # a middle block, which a cached step does not run.
+    spec = tm.TINY_TRANSFORMERS["HunyuanDiT2DModel"]
+    model = spec.build()
+    enable_cache(model, cache_config=DBCacheConfig(**{**CONFIG, "Bn_compute_blocks": 2}))
+    try:
+        with torch.no_grad(), pytest.raises(ConfigError, match="Bn_compute_blocks"):
+            for step in range(STEPS):
+                _output(model, spec.inputs(step))
+    finally:
+        disable_cache(model)
+    assert all(not block._forward_hooks for block in model.blocks), "disable removes the hooks"
+
+
+def test_consisid_with_its_face_adapter_is_refused_with_the_reason() -> None:
+    model = tm.TINY_TRANSFORMERS["ConsisIDTransformer3DModel"].build()
+    model.is_train_face = True  # the released checkpoints' setting; the tiny model has no adapter
+    with pytest.raises(UnsupportedModelError, match="face adapter"):
+        enable_cache(model, cache_config=DBCacheConfig(**CONFIG))
+
+
+def test_hidream_is_refused_with_the_reason() -> None:
+    class HiDreamImagePipeline:
+        transformer = torch.nn.Linear(1, 1)
+
+        def __call__(self) -> None:
+            raise AssertionError("not called")
+
+    with pytest.raises(UnsupportedModelError, match="rebuild the text stream"):
+        enable_cache(HiDreamImagePipeline(), cache_config=DBCacheConfig(**CONFIG))
+
+
+def test_every_cache_dit_prefix_is_known() -> None:
+    import cache_dit
+
+    theirs = set(cache_dit.supported_pipelines()[1])
+    known = {family.prefix for family in FAMILIES if family.refused is None}
+    refused = {family.prefix for family in FAMILIES if family.refused is not None}
+    # BriaFibo matches our "Bria" row by prefix and is then checked by inference.
+    assert theirs - known - {"BriaFibo"} == {"HiDream"} and "HiDream" in refused

@@ -4,15 +4,10 @@ from dit_cache_backend.policy import COND, UNCOND, CallIdentity, PolicySettings,
 
 
 def drive(policy: StepPolicy, diffs, identity=None):
-    """Run one call per diff through the gates; returns the cached steps of the cond branch."""
+    """Run one call per diff through the policy's rule; returns the cached steps of the cond branch."""
     for diff in diffs:
         policy.begin_call(identity)
-        settled = policy.gate()
-        if settled is None:
-            policy.record_diff(diff)
-            cached = policy.accepts(diff)
-        else:
-            cached = settled[0]
+        cached, _, _ = policy.decide(lambda: diff, has_reference=True, same_shape=True)
         if cached:
             policy.mark_cached()
     return policy.histories[COND].cached_steps
@@ -81,21 +76,86 @@ def test_mask_one_steps_compute_and_static_mask_zero_steps_cache_without_diff():
 
 
 def test_mask_limits_warmup_to_its_leading_ones():
-    settings = PolicySettings(max_warmup_steps=8, mask=(1, 1, 0, 1))
-    assert settings.warmup_steps() == frozenset({0, 1})
+    policy = StepPolicy(PolicySettings(max_warmup_steps=8, mask=(1, 1, 0, 1)))
+    assert [step for step in range(8) if policy.is_warmup(step)] == [0, 1]
 
 
-def test_steps_past_the_mask_count_as_cache_candidates():
+def test_warmup_costs_no_memory_however_large_max_warmup_steps_is():
+    policy = StepPolicy(PolicySettings(max_warmup_steps=10**12, warmup_interval=3))
+    assert policy.is_warmup(0) and policy.is_warmup(3 * 10**9)
+    assert not policy.is_warmup(1)
+
+
+def test_steps_past_the_end_of_a_static_mask_compute():
     policy = StepPolicy(
         PolicySettings(max_warmup_steps=0, threshold=0.5, mask=(1, 0), static_mask=True)
     )
-    assert drive(policy, [0.9] * 4) == [1, 2, 3]
+    assert drive(policy, [0.0] * 4) == [1]
+    assert [d.reason for d in _decisions(policy, 2)] == ["past_mask", "past_mask"]
+
+
+def _decisions(policy, calls):
+    """Ask the rule ``calls`` more times and return the decisions it recorded."""
+    for _ in range(calls):
+        policy.begin_call()
+        cached, reason, diff = policy.decide(lambda: 0.0, has_reference=True, same_shape=True)
+        policy.record_decision(cached, reason, diff)
+    return policy.decisions[-calls:]
 
 
 def test_threshold_zero_never_reaches_the_diff():
     policy = StepPolicy(PolicySettings(max_warmup_steps=0, threshold=0.0))
     policy.begin_call()
-    assert policy.gate() == (False, "threshold_disabled")
+
+    def measure():
+        raise AssertionError("the diff was measured")
+
+    assert policy.decide(measure, has_reference=True, same_shape=True) == (
+        False, "threshold_disabled", None
+    )
+
+
+def test_the_rule_computes_without_reference_or_on_a_shape_change_and_always_caches_at_one():
+    policy = StepPolicy(PolicySettings(max_warmup_steps=0, threshold=0.5))
+    policy.begin_call()
+    assert policy.decide(lambda: 0.0, has_reference=False, same_shape=False) == (
+        False, "no_reference", None
+    )
+    assert policy.decide(lambda: 0.0, has_reference=True, same_shape=False) == (
+        False, "shape_changed", -2.0
+    )
+    always = StepPolicy(PolicySettings(max_warmup_steps=0, threshold=1.0))
+    always.begin_call()
+    assert always.decide(lambda: 5.0, has_reference=True, same_shape=True) == (
+        True, "threshold_always", -1.0
+    )
+
+
+def test_a_non_finite_diff_computes_and_is_not_recorded():
+    policy = StepPolicy(PolicySettings(max_warmup_steps=0, threshold=0.5))
+    policy.begin_call()
+    nan = float("nan")
+    assert policy.decide(lambda: nan, has_reference=True, same_shape=True) == (
+        False, "nonfinite_diff", None
+    )
+    assert policy.histories[COND].residual_diffs == {}
+
+
+def test_the_cfg_branch_reuses_the_cond_diff_of_the_same_block_when_asked_to():
+    settings = PolicySettings(
+        max_warmup_steps=0, threshold=0.5, separate_cfg=True, cfg_diff_compute_separate=False
+    )
+    policy = StepPolicy(settings)
+    policy.begin_call(CallIdentity(COND))
+    policy.decide(lambda: 0.25, has_reference=True, same_shape=True, block=3)
+    policy.begin_call(CallIdentity(UNCOND))
+
+    def measure():
+        raise AssertionError("the CFG branch measured its own diff")
+
+    assert policy.decide(measure, has_reference=True, same_shape=True, block=3) == (
+        True, "diff", 0.25
+    )
 
 
 def test_counted_calls_alternate_branches_under_separate_cfg():

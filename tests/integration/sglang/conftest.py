@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # http_load.py
 
-# Outside the SGLang CI venv (e.g. `pytest tests` in the dev venv) there is nothing to run.
-collect_ignore_glob = [] if importlib.util.find_spec("sglang") else ["test_*.py"]
+# Outside the SGLang CI venv (e.g. `pytest tests` in the dev venv) there is nothing to run. A spec
+# without an origin is a namespace package: with tests/integration on sys.path, this very folder.
+_SGLANG = importlib.util.find_spec("sglang")
+collect_ignore_glob = [] if _SGLANG is not None and _SGLANG.origin else ["test_*.py"]
 
 
 @pytest.fixture(scope="session")

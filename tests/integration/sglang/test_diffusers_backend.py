@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from dit_cache_backend.errors import NotSupportedYetError, UnknownKeyError
+from dit_cache_backend.errors import ConfigError, UnknownKeyError
 from dit_cache_backend.session import session_of
 from sglang_harness import Run, generate_requests
 
@@ -28,12 +31,8 @@ cache_config:
   steps_computation_mask: "medium"
   steps_computation_policy: "dynamic"
 """
-UNSUPPORTED = """\
-cache_config:
-  max_warmup_steps: 2
-parallelism_config:
-  ulysses_size: 2
-"""
+# The seeds' file: SGLang's documented parallel_config.yaml (Ulysses "auto", parallel_kwargs).
+SEEDS_YAML = Path(__file__).parents[2] / "data" / "configs" / "sglang" / "legacy_parallel_config.yaml"
 MISSPELT = """\
 cache_config:
   max_warmup_step: 2
@@ -85,11 +84,33 @@ def _apply_patched(tiny_flux: str, config_path: str) -> None:
         assert session_of(pipe) is None  # refused before the pipeline was touched
 
 
-def test_parallelism_section_is_refused_as_not_supported_yet(
-    sglang_hooks: None, tiny_flux: str, tmp_path: Path
+def test_seeds_parallel_file_outside_a_multi_rank_world_says_to_launch_with_torchrun(
+    sglang_hooks: None, tiny_flux: str
 ) -> None:
-    with pytest.raises(NotSupportedYetError, match="not supported yet by dit_cache_backend"):
-        _apply_patched(tiny_flux, _write(tmp_path, UNSUPPORTED))
+    # The section is accepted and handed to diffusers' context parallelism, which needs a world of
+    # several ranks; this process has none, so the load fails before the pipeline is touched.
+    with pytest.raises(ConfigError, match="torchrun"):
+        _apply_patched(tiny_flux, str(SEEDS_YAML))
+
+
+def test_seeds_parallel_file_runs_context_parallel_under_torchrun(tiny_flux: str, tmp_path: Path) -> None:
+    """SGLang's patched ``_apply_cache_dit`` in two torchrun ranks (gloo, 60 s timeout)."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        str(Path(__file__).parent / "diffusers_cp_worker.py"), tiny_flux, str(SEEDS_YAML), str(tmp_path),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    files = [tmp_path / f"rank{rank}.json" for rank in range(2)]
+    assert all(f.exists() for f in files), done.stderr[-4000:]
+    ranks = [json.loads(f.read_text()) for f in files]
+    for rank in ranks:
+        assert rank["hook_active"] and rank["enabled_flag"]
+        assert rank["ulysses_degree"] == 2  # "auto" = the world of two ranks
+        assert rank["vs_single"] < 1e-5
+        gap = max(abs(rank["diffs"][k] - rank["single_diffs"][k]) for k in rank["single_diffs"])
+        assert gap < 1e-6
+    assert ranks[0]["diffs"] == ranks[1]["diffs"]
+    assert ranks[0]["cached_steps"] == ranks[1]["cached_steps"]
 
 
 def test_misspelt_key_is_refused_with_a_suggestion(

@@ -16,8 +16,13 @@ from typing import Any, Iterator, List
 import pytest
 
 HERE = Path(__file__).resolve().parent
+# A spec without an origin is a namespace package: with tests/integration on sys.path (the SGLang
+# suite's conftest puts it there too), this very folder would pass for vllm_omni.
+_VLLM_OMNI = importlib.util.find_spec("vllm_omni")
+VLLM_OMNI_MISSING = _VLLM_OMNI is None or not _VLLM_OMNI.origin
+sys.path.insert(0, str(HERE.parent))  # build_tiny_flux.py and http_load.py
 
-if importlib.util.find_spec("vllm_omni") is None:
+if VLLM_OMNI_MISSING:
     collect_ignore_glob = ["test_*.py"]
 else:
     # Both must be set before vLLM-Omni resolves its platform or touches the Hub.
@@ -31,7 +36,6 @@ def tiny_flux(tmp_path_factory: pytest.TempPathFactory) -> str:
     given = os.environ.get("DIT_CACHE_TINY_FLUX")
     if given:
         return given
-    sys.path.insert(0, str(HERE.parent))
     from build_tiny_flux import build
 
     out = str(tmp_path_factory.mktemp("tiny") / "flux")
