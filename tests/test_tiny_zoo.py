@@ -1,0 +1,96 @@
+"""The fidelity benchmark set: the trained tiny Qwen-Image model in a real QwenImagePipeline."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+
+import dit_cache_backend as dcb
+from dit_cache_backend import tiny_zoo as zoo
+from dit_cache_backend.metrics import psnr
+from test_tiny_model import _offline_two_threads  # noqa: F401  (autouse: offline, 2 threads)
+
+TRAINED = ["qwen-image"]
+STEPS = 16  # short runs keep the suite fast; the profile tests use 28
+
+
+@pytest.fixture(scope="module", params=TRAINED)
+def family(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def pipe(family: str):
+    return zoo.tiny_pipeline(family)
+
+
+def test_asset_is_under_two_megabytes_with_its_training_record(family: str) -> None:
+    assert zoo.FAMILIES[family].asset.stat().st_size < 2_000_000
+    meta = zoo.asset_metadata(family)
+    assert meta["family"] == family
+    assert int(meta["iterations"]) >= 1000
+    assert float(meta["final_loss_ema"]) < 0.3
+
+
+def test_transformers_are_the_real_diffusers_classes_with_trained_weights(family: str) -> None:
+    import diffusers
+
+    trained, initial = zoo.tiny_transformer(family), zoo.tiny_transformer(family, pretrained=False)
+    assert type(trained) is diffusers.QwenImageTransformer2DModel
+    assert len(trained.transformer_blocks) == 6
+    assert not torch.equal(trained.proj_out.weight, initial.proj_out.weight)
+
+
+def test_pipeline_output_has_the_prototype_layout_and_is_deterministic(family: str, pipe) -> None:
+    first = zoo.generate(pipe, family, **zoo.tiny_inputs(family, 2, seed=3, num_inference_steps=STEPS))
+    again = zoo.generate(pipe, family, **zoo.tiny_inputs(family, 2, seed=3, num_inference_steps=STEPS))
+    assert first.shape[1:] == zoo.class_prototypes(family).shape[1:]
+    assert torch.isfinite(first).all() and torch.equal(first, again)
+
+
+def test_samples_are_nearest_to_their_own_class(family: str, pipe) -> None:
+    prototypes = zoo.class_prototypes(family)
+    for class_id in (0, 5):
+        sample = zoo.generate(pipe, family, **zoo.tiny_inputs(family, class_id, seed=1))
+        distances = (prototypes - sample).pow(2).flatten(1).mean(1)
+        assert int(distances.argmin()) == class_id
+
+
+def test_first_block_changes_most_at_the_first_steps_and_little_later(family: str, pipe) -> None:
+    for class_id in (0, 3):
+        diffs = zoo.first_block_residual_diffs(pipe, family, **zoo.tiny_inputs(family, class_id))
+        later = statistics.median(diffs[2:])
+        assert diffs[0] > 3 * later, diffs
+        assert 0.005 < later < 0.08, diffs
+
+
+def test_random_weights_have_no_such_profile(family: str) -> None:
+    random_pipe = zoo.tiny_pipeline(family, pretrained=False)
+    diffs = zoo.first_block_residual_diffs(random_pipe, family, **zoo.tiny_inputs(family, 0))
+    assert diffs[0] < 3 * statistics.median(diffs[2:])
+
+
+def test_dbcache_on_the_pipeline_caches_and_stays_faithful(family: str, pipe) -> None:
+    inputs = lambda: zoo.tiny_inputs(family, 1, num_inference_steps=28)  # noqa: E731
+    reference = zoo.generate(pipe, family, **inputs())
+    dcb.enable_cache(
+        pipe,
+        cache_config=dcb.DBCacheConfig(
+            Fn_compute_blocks=1, max_warmup_steps=4, residual_diff_threshold=0.12
+        ),
+        calibrator_config=dcb.TaylorSeerCalibratorConfig(),
+    )
+    try:
+        output = zoo.generate(pipe, family, **inputs())
+        stats = dcb.summary(pipe, logging=False)[0]
+    finally:
+        dcb.disable_cache(pipe)
+    assert len(stats.cached_steps) >= 4
+    assert psnr(reference, output, float(reference.max() - reference.min())) > 30.0
+
+
+def test_unknown_family_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="'flux', 'qwen-image'"):
+        zoo.tiny_pipeline("sd3")
