@@ -43,11 +43,12 @@ import torch
 from .api import disable_cache, enable_cache, refresh_context
 from .block_adapter import BlockAdapter
 from .config import CalibratorConfig, DBCacheConfig, load_configs
-from .errors import ConfigError, DitCacheError, UnsupportedModelError, UnsupportedStepCountError
+from .errors import ConfigError, DitCacheError, UnsupportedModelError
 from .framework_config import FrameworkCacheConfig
 from .patterns import ForwardPattern
 from .policy import COND
 from .registry import FAMILIES, StepSplit, transformer_attrs
+from .scm import request_mask as scm_request_mask
 from .scm import steps_mask
 from .session import session_of
 from .stats import context_stats, summary
@@ -149,26 +150,12 @@ def request_mask(
     compute_bins: Optional[List[int]] = None,
     cache_bins: Optional[List[int]] = None,
 ) -> Optional[List[int]]:
-    """The SCM mask for one request: from custom bins when both are given, else from the named
-    policy. None when there is neither, when the step count is unknown, or when the policy has no
-    mask for that count (the request then runs without a mask, with a warning)."""
-    custom = compute_bins is not None and cache_bins is not None
-    if num_inference_steps is None or (mask_policy is None and not custom):
-        return None
-    try:
-        return steps_mask(
-            compute_bins=compute_bins,
-            cache_bins=cache_bins,
-            total_steps=num_inference_steps,
-            mask_policy=mask_policy or "medium",  # ignored with custom bins
-        )
-    except UnsupportedStepCountError:
-        logger.warning(
-            "SCM preset %r has no mask for %d steps; this request runs without a mask",
-            mask_policy,
-            num_inference_steps,
-        )
-        return None
+    """The SCM mask for one request: from custom bins when both are given, else the named
+    policy's preset through ``scm.request_mask`` (None, with a warning, for a step count the
+    preset cannot describe; None without a policy or a step count)."""
+    if compute_bins is None or cache_bins is None or num_inference_steps is None:
+        return scm_request_mask(mask_policy, num_inference_steps)
+    return steps_mask(compute_bins=compute_bins, cache_bins=cache_bins, total_steps=num_inference_steps)
 
 
 def refresh_target(

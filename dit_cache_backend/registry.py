@@ -274,7 +274,8 @@ FAMILIES: Tuple[Family, ...] = (
         "list would feed every block the first block's text stream. HiDream is not cached."
     )),
     Family("OmniGen", ("OmniGenTransformer2DModel",), (("layers", Pattern_3),)),
-    Family("StableAudio", ("StableAudioDiTModel",), (("transformer_blocks", Pattern_3),)),
+    # The caption goes in by keyword and is threaded through unchanged (cache-dit says Pattern_3).
+    Family("StableAudio", ("StableAudioDiTModel",), (("transformer_blocks", Pattern_2),)),
     # Shap-E's pipelines hold their transformer as `prior`.
     Family("ShapE", ("PriorTransformer",), (("transformer_blocks", Pattern_3),),
            transformer_attrs=("prior",)),

@@ -140,7 +140,7 @@ def test_an_scm_preset_without_a_mask_for_the_step_count_warns_and_runs_unmasked
     backend.enable(pipe)
     backend.refresh(pipe, 5)
     run(pipe, 5)
-    assert "no mask for 5 steps" in caplog.text
+    assert "no mask for num_inference_steps=5" in caplog.text
     assert stats_of(backend).cache_options["cache_config"].steps_computation_mask is None
 
 
@@ -325,7 +325,7 @@ def test_refresh_target_keeps_the_enabled_mask_unless_one_is_given(pipe):
 
 def test_request_mask_warns_and_gives_none_for_a_step_count_the_preset_cannot_describe(caplog):
     assert request_mask("fast", 5) is None
-    assert "no mask for 5 steps" in caplog.text
+    assert "no mask for num_inference_steps=5" in caplog.text
     assert request_mask("fast", 12) == dcb.steps_mask(total_steps=12, mask_policy="fast")
     assert request_mask(None, 12) is None
     assert request_mask(None, 6, compute_bins=[2, 1], cache_bins=[1, 2]) == [1, 1, 0, 1, 0, 0]

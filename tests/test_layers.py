@@ -98,6 +98,11 @@ def _doc_layers() -> List[Tuple[str, List[str]]]:
             continue
         modules = []
         for entry in re.findall(r"`([^`]+)`", cells[1]):
+            if entry.endswith("/") and entry.rstrip("/") not in FOLDERS:
+                # A subpackage: every module in it.
+                package = f"{PACKAGE}.{entry.rstrip('/').replace('/', '.')}"
+                modules += sorted(m for m in SOURCES if m == package or m.startswith(package + "."))
+                continue
             entry = entry.removesuffix(".py")
             parts = entry.split("/")
             if parts[0] in FOLDERS:

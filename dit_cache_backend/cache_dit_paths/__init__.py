@@ -51,7 +51,7 @@ NOT_PROVIDED_PATHS = {
     "(update(name, value, step) / approximate(name, step)), driven by the cache",
     "cache_dit.caching.cache_contexts.": "cache-dit's context internals; the configs are in "
     "cache_dit.caching.cache_contexts",
-    "cache_dit.caching.patch_functors": "cache-dit's patch functors; ours are in dit_cache_backend.models",
+    "cache_dit.caching.patch_functors": "cache-dit's patch functors; ours are in dit_cache_backend.functors",
     "cache_dit.caching.cache_blocks": "cache-dit internals; ours are dit_cache_backend.blocks / prune",
     "cache_dit.caching.cache_adapters": "cache-dit internals; ours are dit_cache_backend.session / api",
 }
