@@ -9,7 +9,7 @@ from typing import Any, Optional, Tuple
 
 import torch
 
-from .block_adapter import CachedListSpec, is_pipeline
+from .block_adapter import BlockAdapter, CachedListSpec, is_pipeline
 from .config import (
     BasicCacheConfig,
     CalibratorConfig,
@@ -140,7 +140,9 @@ def enable_cache(
         # cache-dit means to skip caching here (its check never fires, and it caches anyway).
         logger.info("dit_cache_backend: cache_type NONE, %s left uncached", type(pipe_or_adapter).__name__)
         return pipe_or_adapter
-    if is_pipeline(pipe_or_adapter) and getattr(pipe_or_adapter, "transformer", _NO_ATTR) is None:
+    if not isinstance(pipe_or_adapter, (torch.nn.Module, BlockAdapter)) and (
+        getattr(pipe_or_adapter, "transformer", _NO_ATTR) is None
+    ):
         raise ConfigError(
             "pipe_or_adapter",
             f"a {type(pipe_or_adapter).__name__} whose transformer is None",

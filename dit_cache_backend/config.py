@@ -524,11 +524,21 @@ class ConfigOverride(Mapping):
         fields = self.as_dict()
         if base is None:
             return self.config_class(**fields)
-        if type(base) is not self.config_class and issubclass(self.config_class, type(base)):
-            shared = {name: getattr(base, name) for name in base._field_names()}
+        if type(base) is not self.config_class and self._changes_class_of(base, fields):
+            names = set(self.config_class._field_names())
+            shared = {name: getattr(base, name) for name in base._field_names() if name in names}
             shared.pop("cache_type", None)
             return self.config_class(**{**copy.deepcopy(shared), **fields})
         return base.with_fields(**fields)
+
+    def _changes_class_of(self, base: _ValidatedConfig, fields: Dict[str, Any]) -> bool:
+        # DBCacheConfig and DBPruneConfig are siblings (as in cache-dit): a DBPrune override, or
+        # one that names the cache type, decides the class; a plain field override keeps the base's.
+        if issubclass(self.config_class, type(base)):
+            return True
+        return isinstance(base, BasicCacheConfig) and (
+            "cache_type" in fields or self.config_class is DBPruneConfig
+        )
 
 
 # --------------------------------------------------------------------------------------------------

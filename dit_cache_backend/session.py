@@ -302,11 +302,13 @@ class _CachedForward(_CopiedUncached):
         specs: List[CachedListSpec],
         original: Callable[..., Any],
     ) -> None:
+        # updated=(): the wrapped callable may be a hook's wrapper of an earlier session's
+        # forward, whose __dict__ (that session, its specs) must not overwrite ours.
+        functools.update_wrapper(self, original, updated=())
         self.session = session
         self.transformer = transformer
         self.specs = specs
         self.original = original
-        functools.update_wrapper(self, original)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         session = self.session

@@ -181,7 +181,7 @@ def test_steps_past_the_end_of_a_static_mask_compute():
 def test_cache_type_none_leaves_the_model_uncached():
     model = Model()
     dcb.enable_cache(adapter(model), cache_config=dcb.DBCacheConfig(cache_type=dcb.CacheType.NONE))
-    assert dcb.summary(model, logging=False) == []
+    assert dcb.contexts_summary(model) == []
     assert same(run_steps(model), run_steps(Model()))
 
 
@@ -437,7 +437,7 @@ def test_a_deep_copy_computes_uncached_with_its_own_weights():
     with torch.no_grad():
         for parameter in reference.parameters():
             parameter.mul_(0.5)
-    assert dcb.summary(twin, logging=False) == []
+    assert dcb.contexts_summary(twin) == []
     assert same(run_steps(twin), run_steps(reference))
     assert same(run_steps(model), fresh_cached_run())
 

@@ -18,6 +18,7 @@ from toys import make_pipeline, random_schedule, random_toy
 PATTERNS = range(6)
 
 
+@torch.no_grad()  # inference, as diffusers pipelines run it (a tracked call always computes)
 def run_requests(engine, pattern: int, refresh: bool):
     cd = engine.module
     toy = random_toy(pattern, num_blocks=8, seed=pattern)
