@@ -29,7 +29,6 @@ from dit_cache_backend.config import (
 )
 from dit_cache_backend.errors import (
     ConfigError,
-    NotSupportedYetError,
     UnknownKeyError,
 )
 

@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 
 import pytest
-import torch
 
 import dit_cache_backend as dcb
 from dit_cache_backend.errors import ConfigError, NotSupportedYetError
