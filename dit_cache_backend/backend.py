@@ -48,8 +48,8 @@ from .framework_config import FrameworkCacheConfig
 from .patterns import ForwardPattern
 from .policy import COND
 from .registry import FAMILIES, StepSplit, transformer_attrs
-from .scm import request_mask as scm_request_mask
-from .scm import steps_mask
+# The plugins build a request's mask through the backend; the one rule lives in scm.
+from .scm import request_mask  # noqa: F401
 from .session import session_of
 from .stats import context_stats, summary
 
@@ -141,21 +141,6 @@ def is_cached(target: Any) -> bool:
 
 # Passed as a refresh's mask: keep the mask the target was enabled with.
 KEEP = object()
-
-
-def request_mask(
-    mask_policy: Optional[str],
-    num_inference_steps: Optional[int],
-    *,
-    compute_bins: Optional[List[int]] = None,
-    cache_bins: Optional[List[int]] = None,
-) -> Optional[List[int]]:
-    """The SCM mask for one request: from custom bins when both are given, else the named
-    policy's preset through ``scm.request_mask`` (None, with a warning, for a step count the
-    preset cannot describe; None without a policy or a step count)."""
-    if compute_bins is None or cache_bins is None or num_inference_steps is None:
-        return scm_request_mask(mask_policy, num_inference_steps)
-    return steps_mask(compute_bins=compute_bins, cache_bins=cache_bins, total_steps=num_inference_steps)
 
 
 def refresh_target(
