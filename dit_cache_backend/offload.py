@@ -18,6 +18,16 @@ from diffusers.hooks import HookRegistry, apply_group_offloading
 
 logger = logging.getLogger(__name__)
 
+# cache-dit's layer-wise offload names; its module-path aliases re-export exactly these.
+__all__ = [
+    "LayerwiseOffloadHandle",
+    "LayerwiseOffloadHandleGroup",
+    "get_layerwise_offload_handles",
+    "layerwise_cpu_offload",
+    "layerwise_offload",
+    "remove_layerwise_offload",
+]
+
 _HANDLES_ATTR = "_dit_cache_layerwise_offload"
 # The hooks apply_group_offloading registers (diffusers.hooks.group_offloading's names).
 _GROUP_OFFLOAD_HOOKS = ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading")

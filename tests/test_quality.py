@@ -62,16 +62,21 @@ def test_psnr_falls_and_compute_falls_as_the_threshold_rises(pipe, reference):
     assert quality[-1] > 30.0, "even the most aggressive setting stays recognisable"
 
 
-@pytest.mark.parametrize("policy", ["slow", "medium", "fast", "ultra"])
-def test_taylorseer_is_at_least_as_faithful_as_reuse_at_equal_compute(pipe, reference, policy):
-    mask = dcb.steps_mask(total_steps=STEPS, mask_policy=policy)
-    config = dcb.DBCacheConfig(
+def static_mask_config(mask):
+    """Computed steps fixed by a static mask, so methods compare at equal compute."""
+    return dcb.DBCacheConfig(
         Fn_compute_blocks=1,
         max_warmup_steps=0,
         num_inference_steps=STEPS,
         steps_computation_mask=mask,
         steps_computation_policy="static",
     )
+
+
+@pytest.mark.parametrize("policy", ["slow", "medium", "fast", "ultra"])
+def test_taylorseer_is_at_least_as_faithful_as_reuse_at_equal_compute(pipe, reference, policy):
+    mask = dcb.steps_mask(total_steps=STEPS, mask_policy=policy)
+    config = static_mask_config(mask)
     reuse = fidelity(pipe, reference, config)
     forecast = fidelity(pipe, reference, config, dcb.TaylorSeerCalibratorConfig(taylorseer_order=1))
     assert reuse[0] == forecast[0] == sum(mask), "a static mask fixes the computed steps"
@@ -92,13 +97,7 @@ def test_forecasting_calibrators_are_more_faithful_than_reuse_on_a_fixed_schedul
     """FoCa is not here: like cache-dit's, it takes its slopes per value pair whatever the step
     distance, which on the sparse "fast" mask costs 12 dB against reuse (docs/quality.md)."""
     mask = dcb.steps_mask(total_steps=STEPS, mask_policy="fast")
-    config = dcb.DBCacheConfig(
-        Fn_compute_blocks=1,
-        max_warmup_steps=0,
-        num_inference_steps=STEPS,
-        steps_computation_mask=mask,
-        steps_computation_policy="static",
-    )
+    config = static_mask_config(mask)
     reuse = fidelity(pipe, reference, config)
     forecast = fidelity(pipe, reference, config, calibrator)
     assert reuse[0] == forecast[0] == sum(mask)
