@@ -24,3 +24,15 @@ def preset_path(name: str) -> Path:
     if not candidate.is_file():
         raise ValueError(f"unknown preset {name!r}; available presets: {', '.join(preset_names())}")
     return Path(str(candidate))
+
+
+def resolve(name_or_path: str) -> Path:
+    """A preset name ("balanced") or a YAML/JSON file path, as the path to load.
+
+    A name with a config suffix, or one that exists on disk, is a path; anything else is a preset
+    name (ValueError listing the presets when there is none of that name).
+    """
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml", ".json") or path.exists():
+        return path
+    return preset_path(name_or_path)

@@ -14,32 +14,16 @@ import torch
 from .errors import DitCacheError
 
 
-def _resolve_config(name_or_path: str) -> Path:
-    """A preset name ("balanced") or a YAML/JSON path."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml", ".json") or path.exists():
-        return path
-    from .presets import preset_path
-
-    return preset_path(name_or_path)
-
-
 # -- demo -------------------------------------------------------------------------------------
-
-
-def _latents_to_images(latents: torch.Tensor) -> torch.Tensor:
-    """Packed (B, 64, 4) latents of the tiny model → (B, 16, 16) single-channel images."""
-    batch, tokens, channels = latents.shape
-    side = int(tokens**0.5)
-    grid = latents.reshape(batch, side, side, 1, 2, 2).permute(0, 3, 1, 4, 2, 5)
-    return grid.reshape(batch, side * 2, side * 2)
 
 
 def _write_side_by_side(path: Path, rows: Dict[str, torch.Tensor], scale: int = 8) -> None:
     from PIL import Image, ImageDraw
 
+    from .tiny_model import tiny_flux_latents_to_images
+
     names = list(rows)
-    images = {name: _latents_to_images(rows[name]) for name in names}
+    images = {name: tiny_flux_latents_to_images(rows[name]) for name in names}
     reference = images[names[0]]
     low, high = reference.min().item(), reference.max().item()
     batch, height, width = reference.shape
@@ -77,12 +61,13 @@ def _demo(args: argparse.Namespace) -> int:
 
     from . import disable_cache, enable_cache, load_configs, summary
     from .metrics import max_abs_error, psnr
+    from .presets import resolve
     from .tiny_model import NUM_CLASSES, tiny_flux_pipeline
 
     torch.set_num_threads(args.threads)
     classes = list(range(min(args.classes, NUM_CLASSES)))
     pipe = tiny_flux_pipeline()
-    configs = {name: load_configs(_resolve_config(name)) for name in args.preset}
+    configs = {name: load_configs(resolve(name)) for name in args.preset}
 
     def generate() -> torch.Tensor:
         with torch.no_grad():
@@ -149,8 +134,9 @@ def _mask(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     from .config import load_configs
+    from .presets import resolve
 
-    options = load_configs(_resolve_config(args.config))
+    options = load_configs(resolve(args.config))
     cache_config = options["cache_config"]
     calibrator = options["calibrator_config"]
     if cache_config is not None:
@@ -197,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .bench import add_bench_parser
 
-    add_bench_parser(sub)  # dit-cache bench (dit_cache_backend/bench.py)
+    add_bench_parser(sub)  # dit-cache bench (dit_cache_backend/bench/)
     return parser
 
 

@@ -234,3 +234,11 @@ def first_block_residual_diffs(pipe: FluxPipeline, **call_kwargs: Any) -> list[f
         ((cur - prev).abs().mean() / prev.abs().mean()).item()
         for prev, cur in zip(residuals, residuals[1:])
     ]
+
+
+def tiny_flux_latents_to_images(latents: torch.Tensor) -> torch.Tensor:
+    """Packed (B, 64, 4) latents of the tiny model → (B, 16, 16) single-channel images."""
+    batch, tokens, channels = latents.shape
+    side = int(tokens**0.5)
+    grid = latents.reshape(batch, side, side, 1, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return grid.reshape(batch, side * 2, side * 2)

@@ -222,7 +222,7 @@ def test_loop_workload_flux_dev_shape_in_miniature() -> None:
         in_channels=16,
     )
     args = argparse.Namespace(seed=0, batch=1, steps=2)
-    workload = bench._loop_workload(
+    workload = bench.loop_workload(
         "mini", "", config, (64, 8), args, torch.device("cpu"), torch.bfloat16
     )
     assert next(workload.transformer.parameters()).dtype == torch.bfloat16
@@ -231,3 +231,108 @@ def test_loop_workload_flux_dev_shape_in_miniature() -> None:
     assert out.shape == (1, 64, 16) and out.dtype == torch.bfloat16
     assert torch.isfinite(out).all()
     assert workload.to_images(out).shape == (1, 8, 8, 16)
+
+
+def _point(computed: float, output: torch.Tensor, method: str = "m") -> "bench.Point":
+    return bench.Point(bench.Candidate(method, "engine", f"c={computed}"), computed, output)
+
+
+def test_best_at_picks_the_most_faithful_run_within_the_compute_limit() -> None:
+    reference = torch.zeros(4)
+    points = [
+        _point(10, torch.full((4,), 0.001)),  # most faithful, but over the limit
+        _point(7, torch.full((4,), 0.1)),
+        _point(6, torch.full((4,), 0.01)),
+        _point(5, torch.full((4,), 0.2)),
+    ]
+
+    def score(output: torch.Tensor) -> float:
+        return -float((output - reference).abs().mean())
+
+    assert bench.best_at(points, 7, score) is points[2]
+    assert bench.best_at(points, 5, score) is points[3]
+    assert bench.best_at(points, 4, score) is None
+
+
+def test_pareto_front_keeps_only_points_that_improve_with_compute() -> None:
+    points = [(8, 40.0), (4, 30.0), (6, 29.0), (10, 45.0), (10, 41.0), (12, 44.0)]
+    assert bench.pareto_front(points) == [(4, 30.0), (8, 40.0), (10, 45.0)]
+
+
+def test_frontier_reports_the_best_run_of_each_method_at_each_fraction() -> None:
+    results = [
+        {"method": "a", "computed": 14, "psnr": 50.0, "ssim": 0.99},
+        {"method": "a", "computed": 9, "psnr": 45.0, "ssim": 0.98},
+        {"method": "a", "computed": 12, "psnr": 52.0, "ssim": 0.99},
+        {"method": "b", "computed": 20, "psnr": 60.0, "ssim": 1.0},
+    ]
+    table = bench.frontier(results, 28)
+    assert table["a"][2]["psnr"] == 52.0 and table["a"][3]["psnr"] == 45.0
+    assert table["a"][4] is None and table["b"] == {2: None, 3: None, 4: None}
+    text = bench.frontier_markdown({"x@28": {"model": "x", "steps": 28, "results": results}})
+    assert "| a | 52.0 / 0.990 (12) | 45.0 / 0.980 (9) | — |" in text
+
+
+def test_pareto_plot_is_written(tmp_path) -> None:
+    from PIL import Image
+
+    results = [
+        {"method": m, "computed": c, "psnr": p, "ssim": 1.0}
+        for m, c, p in [("ours TS1", 7, 48.0), ("ours TS1", 14, 999.0), ("fewer steps", 7, 44.0)]
+    ]
+    path = tmp_path / "pareto.png"
+    bench.write_pareto({"x@28": {"model": "x", "steps": 28, "results": results}}, path)
+    with Image.open(path) as image:
+        assert image.size[0] > 500 and image.size[1] > 300
+
+
+def test_sweep_peers_are_matched_to_the_configs_computed_steps(tmp_path) -> None:
+    threads = torch.get_num_threads()
+    try:
+        args = _args(
+            tmp_path,
+            "--steps",
+            "8",
+            "--config",
+            "scm-fast",
+            "--peers",
+            "fbc",
+            "taylorseer-lite",
+            "seacache",
+            "pab",
+        )
+        assert args.handler(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+    data = json.loads((tmp_path / "bench_tiny.json").read_text())
+    target = next(row for row in data["rows"] if row["engine"] == "ours")["computed_steps"]
+    peers = {row["engine"]: row for row in data["rows"] if row["matched_to"]}
+    assert set(peers) == {"fbc", "taylorseer", "seacache"}
+    for row in peers.values():
+        assert row["computed_steps"] <= target and row["matched_to"] == "scm-fast"
+        assert math.isfinite(row["psnr_db"])
+    # PAB reuses attention only: every block's MLP runs at every step, so it never matches.
+    assert {"peer": "pab", "reason": f"no setting computes <= {target} steps"} in data["skipped"]
+
+
+def test_a_peer_that_cannot_apply_says_why() -> None:
+    import argparse
+
+    config = dict(bench.MEDIUM_CONFIG, num_layers=1, num_single_layers=1, num_attention_heads=1)
+    args = argparse.Namespace(seed=0, batch=1, steps=2)
+    loop = bench.loop_workload(
+        "mini", "", config, (16, 4), args, torch.device("cpu"), torch.float32
+    )
+    for name in ("seacache", "pab", "fastercache"):
+        assert "needs a diffusers pipeline" in bench.PEERS[name].unavailable(loop)
+    assert bench.PEERS["fbc"].unavailable(loop) is None  # the transformer is a CacheMixin
+
+
+def test_presets_resolve_names_and_paths(tmp_path) -> None:
+    from dit_cache_backend.presets import preset_path, resolve
+
+    assert resolve("balanced") == preset_path("balanced")
+    assert resolve(str(tmp_path / "mine.yaml")) == tmp_path / "mine.yaml"
+    assert isinstance(bench.resolve_config("balanced", 28), Path)
+    with pytest.raises(FileNotFoundError, match="mine.yaml"):
+        bench.resolve_config(str(tmp_path / "mine.yaml"), 28)

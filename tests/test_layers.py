@@ -22,11 +22,7 @@ FOLDERS = {"adapters": f"{PACKAGE}.adapters", "configs": f"{PACKAGE}.presets"}
 # The plugins may use only the backend's operations, the flat-settings translation and the errors.
 PLUGIN_IMPORTS = {f"{PACKAGE}.backend", f"{PACKAGE}.framework_config", f"{PACKAGE}.errors"}
 # Cycles another change removes; each entry names it. Delete the entry when that change lands.
-KNOWN_CYCLES: Set[frozenset] = {
-    # bench imports cli._latents_to_images and cli imports bench.add_bench_parser (issue 14, the
-    # bench split moves the helper to tiny_model.py).
-    frozenset({f"{PACKAGE}.bench", f"{PACKAGE}.cli"}),
-}
+KNOWN_CYCLES: Set[frozenset] = set()
 
 
 def _module_name(path: Path) -> str:
