@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import logging
 import threading
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -128,6 +128,15 @@ class CacheSession:
         self._block_sources: Dict[str, Optional[List[str]]] = {
             spec.name: _block_sources(spec) for spec in specs
         }
+        # A list read through the module at each call keeps none of its enable-time blocks: a block
+        # replaced after enabling must not stay in memory through us until disable.
+        self.specs = [
+            spec if self._block_sources[spec.name] is None else dataclasses.replace(spec, blocks=[])
+            for spec in specs
+        ]
+        for spec in self.specs:
+            if self._block_sources[spec.name] is not None:
+                self.wrappers[spec.name].release()
         self.transformers: List[torch.nn.Module] = list(
             {id(s.transformer): s.transformer for s in specs}.values()
         )
@@ -136,6 +145,11 @@ class CacheSession:
         self.active = False
         self._calling = threading.RLock()
         self._open_requests = 0
+
+    def current_blocks(self, spec: CachedListSpec) -> Tuple[torch.nn.Module, ...]:
+        """The blocks of ``spec``'s list now: read from the module's lists, or the adapter's own."""
+        sources = self._block_sources[spec.name]
+        return tuple(spec.blocks) if sources is None else _blocks_at(spec.transformer, sources)
 
     def __reduce__(self) -> Any:
         # A copy of a cached module is an uncached module (see _CopiedUncached).
@@ -401,11 +415,12 @@ def _bind_current_blocks(
     runner: BlockListRunner, transformer: torch.nn.Module, sources: Optional[List[str]]
 ) -> None:
     """Give the runner the blocks the module holds now, not the ones it held at enable time."""
-    if sources is None:
-        return
-    runner.bind(
-        tuple(block for path in sources for block in _list_at(transformer, path)._modules.values())
-    )
+    if sources is not None:
+        runner.bind(_blocks_at(transformer, sources))
+
+
+def _blocks_at(transformer: torch.nn.Module, sources: List[str]) -> Tuple[torch.nn.Module, ...]:
+    return tuple(block for path in sources for block in _list_at(transformer, path)._modules.values())
 
 
 @torch.compiler.disable
