@@ -53,7 +53,9 @@ def run(model: str, steps: int, peers: List[str], threads: int, grid: str) -> Di
     workload = build_workload(args)
     reference = workload.generate(steps)
     per_step = calls_per_step(workload)
-    targets = sorted({max(1, steps // k) for k in FRACTIONS})
+    # N/2 ... N/8: the fewer-steps floor at each (a line on the Pareto plot), TaylorSeer's closest
+    # schedules to each.
+    targets = sorted({max(1, steps // k) for k in (*FRACTIONS, 5, 6, 8)})
     twin = None
     results: List[Dict[str, Any]] = []
     notes: List[Dict[str, str]] = []
@@ -92,6 +94,53 @@ def run(model: str, steps: int, peers: List[str], threads: int, grid: str) -> Di
     }
 
 
+PRESET_FRACTIONS = {"quality": 2, "balanced": 3, "fast": 4, "ultra": 6}
+
+
+def pick_presets(runs: Dict[str, Any], engine: str = "ours") -> str:
+    """For each preset, the one config of ``engine`` that computes <= N/k steps on every run and
+    has the best worst-case PSNR over the runs; each run's fewer-steps floor at N/k beside it."""
+    by_config: Dict[str, Dict[str, Dict[str, Any]]] = {}
+    for entry_key, entry in runs.items():
+        for result in entry["results"]:
+            if result["peer"].startswith(f"{engine}-"):
+                name = f"{result['method']}: {result['setting']}"
+                by_config.setdefault(name, {})[entry_key] = result
+
+    def floor(key: str, k: int) -> float:
+        steps = runs[key]["steps"]
+        return max(
+            (
+                r["psnr"]
+                for r in runs[key]["results"]
+                if r["peer"] == "fewer-steps" and r["computed"] <= steps / k + 1e-9
+            ),
+            default=-math.inf,
+        )
+
+    lines = [
+        "| preset | compute ≤ N/k | config | per run: PSNR dB (computed steps) vs the floor at N/k |",
+        "|---|---|---|---|",
+    ]
+    for preset, k in PRESET_FRACTIONS.items():
+        fitting = {
+            name: results
+            for name, results in by_config.items()
+            if set(results) == set(runs)
+            and all(r["computed"] <= runs[key]["steps"] / k + 1e-9 for key, r in results.items())
+        }
+        if not fitting:
+            lines.append(f"| {preset} | 1/{k} | — | no config fits on every run |")
+            continue
+        best = max(fitting, key=lambda name: min(r["psnr"] for r in fitting[name].values()))
+        cells = [
+            f"{key} {r['psnr']:.1f} ({r['computed']:g}) vs {floor(key, k):.1f}"
+            for key, r in fitting[best].items()
+        ]
+        lines.append(f"| {preset} | 1/{k} | {best} | " + "; ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", nargs="+", default=list(TRAINED), choices=list(TRAINED))
@@ -99,13 +148,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--peers", nargs="+", default=DEFAULT_PEERS, choices=list(PEERS))
     parser.add_argument(
-        "--grid", default="full", choices=list(GRIDS), help="the DBCache sweep of ours and cache-dit"
+        "--grid",
+        default="full",
+        choices=list(GRIDS),
+        help="the DBCache sweep of ours and cache-dit",
     )
     parser.add_argument("--out", type=Path, default=Path("fidelity_set.json"))
     parser.add_argument(
         "--report", type=Path, nargs="+", help="print the tables of earlier --out files"
     )
     parser.add_argument("--plot", type=Path, help="write the Pareto plot (PNG) of the runs")
+    parser.add_argument(
+        "--presets", action="store_true", help="with --report: the config of ours for each preset"
+    )
     args = parser.parse_args()
     if args.report:
         runs: Dict[str, Any] = {}
@@ -116,6 +171,8 @@ def main() -> None:
                 else:
                     runs[key] = entry
         print(frontier_markdown(runs))
+        if args.presets:
+            print("\n" + pick_presets(runs))
         if args.plot:
             write_pareto(runs, args.plot)
         return

@@ -70,6 +70,7 @@ class Peer:
 
 # -- the sweeps -------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class DBCacheGrid:
     """The DBCache F1B0 sweep shared by ours and cache-dit: thresholds x warm-ups x
@@ -94,8 +95,17 @@ class DBCacheGrid:
                     }
 
 
-# "coarse": a third of the runs, for long step counts on a shared machine.
-GRIDS = {"full": DBCacheGrid(), "coarse": DBCacheGrid(warmups=(4,), continuous=(-1, 3))}
+# "coarse": a third of the runs, for long step counts on a shared machine; "extra": the thresholds
+# between and below the full grid's, run as a second sweep where the full grid leaves gaps.
+GRIDS = {
+    "full": DBCacheGrid(),
+    "coarse": DBCacheGrid(
+        thresholds=(0.02, 0.04, 0.08, 0.12, 0.16, 0.24, 0.32, 0.5),
+        warmups=(4,),
+        continuous=(-1, 3),
+    ),
+    "extra": DBCacheGrid(thresholds=(0.01, 0.02, 0.03, 0.06, 0.2, 0.4)),
+}
 CALIBRATORS: Dict[str, Dict[str, Any]] = {
     "reuse": {},
     "TS1": {"enable_taylorseer": True, "taylorseer_order": 1},

@@ -313,6 +313,22 @@ def pareto_front(points: Sequence[Tuple[float, float]]) -> List[Tuple[float, flo
     return front
 
 
+def _method_colours(methods: Sequence[str], plt: Any) -> Dict[str, Any]:
+    """Ours in reds, cache-dit in blues, every other method its own colour."""
+    families = {"ours": plt.get_cmap("Reds"), "cache-dit": plt.get_cmap("Blues")}
+    others = plt.get_cmap("tab10")
+    colours: Dict[str, Any] = {}
+    for prefix, cmap in families.items():
+        members = [m for m in methods if m.startswith(prefix + " ")]
+        for index, method in enumerate(members):
+            colours[method] = cmap(0.45 + 0.55 * index / max(1, len(members) - 1))
+    rest = [m for m in methods if m not in colours]
+    palette = [others(i) for i in (2, 4, 5, 6, 8, 9, 1, 7)]
+    for index, method in enumerate(rest):
+        colours[method] = palette[index % len(palette)]
+    return colours
+
+
 def write_pareto(runs: Dict[str, Dict[str, Any]], path: Path, ceiling: float = 90.0) -> None:
     """PSNR against computed steps, every method's Pareto front, one panel per (model, steps).
 
@@ -328,7 +344,7 @@ def write_pareto(runs: Dict[str, Dict[str, Any]], path: Path, ceiling: float = 9
     rows = math.ceil(len(panels) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(7.5 * columns, 5 * rows), squeeze=False)
     methods = sorted({r["method"] for entry in panels for r in entry["results"]})
-    colours = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(methods)}
+    colours = _method_colours(methods, plt)
     for axis, entry in zip(axes.flat, panels):
         steps = entry["steps"]
         for method in methods:
@@ -343,6 +359,8 @@ def write_pareto(runs: Dict[str, Dict[str, Any]], path: Path, ceiling: float = 9
             style = {"color": "black", "linestyle": "--"} if method == "fewer steps" else {}
             if method.startswith("ours"):
                 style["linewidth"] = 2.5
+            elif method.startswith("cache-dit"):
+                style["linestyle"] = ":"
             axis.step(
                 [c for c, _ in front],
                 [v for _, v in front],
@@ -355,6 +373,8 @@ def write_pareto(runs: Dict[str, Dict[str, Any]], path: Path, ceiling: float = 9
             )
         for k in FRACTIONS:
             axis.axvline(steps / k, color="grey", linestyle=":", linewidth=0.8)
+        # The matched-compute region: up to half the steps, where the tables compare.
+        axis.set_xlim(0, steps / 2 + 1)
         axis.set_title(f"{entry['model']}, {steps} steps")
         axis.set_xlabel("computed transformer steps")
         axis.set_ylabel("PSNR dB vs uncached")
