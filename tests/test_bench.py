@@ -336,3 +336,17 @@ def test_presets_resolve_names_and_paths(tmp_path) -> None:
     assert isinstance(bench.resolve_config("balanced", 28), Path)
     with pytest.raises(FileNotFoundError, match="mine.yaml"):
         bench.resolve_config(str(tmp_path / "mine.yaml"), 28)
+
+
+def test_the_trained_tiny_qwen_image_is_a_workload(tmp_path) -> None:
+    threads = torch.get_num_threads()
+    try:
+        args = _args(tmp_path, "--model", "qwen-image", "--config", "scm-fast", "--no-peers")
+        assert args.handler(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+    data = json.loads((tmp_path / "bench_qwen-image.json").read_text())
+    assert data["workload"]["model"] == "qwen-image" and data["workload"]["weights"] == "trained"
+    ours = data["rows"][1]
+    assert ours["computed_steps"] < STEPS and math.isfinite(ours["psnr_db"])
+    assert 0 < ours["ssim"] <= 1
