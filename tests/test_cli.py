@@ -56,7 +56,7 @@ def test_mask_with_an_unsupported_step_count_fails_with_exit_code_2(capsys):
 
 def test_check_config_prints_the_tag_of_a_preset(capsys):
     assert main(["check-config", "balanced"]) == 0
-    assert capsys.readouterr().out.startswith("ok: DBCache_F1B0_W4I1M0MC3_R0.12_T1O1")
+    assert capsys.readouterr().out.startswith("ok: DBCache_F1B0_W2I1M0MC4_R0.12_T1O2")
 
 
 def test_check_config_reports_an_unknown_key_with_exit_code_2(tmp_path, capsys):
