@@ -246,7 +246,7 @@ class CacheSession:
             _leave(self)
 
     @contextlib.contextmanager
-    def _swapped_block_lists(
+    def _viewed_block_lists(
         self, transformer: torch.nn.Module, specs: List[CachedListSpec]
     ) -> Iterator[None]:
         viewed: List[torch.nn.ModuleList] = []
@@ -328,7 +328,7 @@ class _CachedForward(_CopiedUncached):
         session = self.session
         if not session.active or not session.in_request():
             return self.original(*args, **kwargs)
-        with session._one_call_at_a_time(), session._swapped_block_lists(self.transformer, self.specs):
+        with session._one_call_at_a_time(), session._viewed_block_lists(self.transformer, self.specs):
             try:
                 return self.original(*args, **kwargs)
             except BaseException:
