@@ -246,7 +246,7 @@ class CacheSession:
             _leave(self)
 
     @contextlib.contextmanager
-    def _swapped_block_lists(
+    def _viewed_block_lists(
         self, transformer: torch.nn.Module, specs: List[CachedListSpec]
     ) -> Iterator[None]:
         viewed: List[torch.nn.ModuleList] = []
@@ -254,13 +254,13 @@ class CacheSession:
             for spec in specs:
                 wrapper = self.wrappers[spec.name]
                 _bind_current_blocks(wrapper, transformer, self._block_sources[spec.name])
-                viewed.append(_show(transformer, spec.attr, (wrapper,)))
+                viewed.append(_install_view(transformer, spec.attr, (wrapper,)))
                 for dummy in spec.dummy_attrs:
-                    viewed.append(_show(transformer, dummy, ()))
+                    viewed.append(_install_view(transformer, dummy, ()))
             yield
         finally:
             for block_list in reversed(viewed):
-                _unshow(block_list)
+                _remove_view(block_list)
             for spec in specs:
                 if self._block_sources[spec.name] is not None:
                     self.wrappers[spec.name].release()
@@ -328,7 +328,7 @@ class _CachedForward(_CopiedUncached):
         session = self.session
         if not session.active or not session.in_request():
             return self.original(*args, **kwargs)
-        with session._one_call_at_a_time(), session._swapped_block_lists(self.transformer, self.specs):
+        with session._one_call_at_a_time(), session._viewed_block_lists(self.transformer, self.specs):
             try:
                 return self.original(*args, **kwargs)
             except BaseException:
@@ -424,7 +424,7 @@ def _blocks_at(transformer: torch.nn.Module, sources: List[str]) -> Tuple[torch.
 
 
 @torch.compiler.disable
-def _show(transformer: torch.nn.Module, path: str, view: tuple) -> torch.nn.ModuleList:
+def _install_view(transformer: torch.nn.Module, path: str, view: tuple) -> torch.nn.ModuleList:
     block_list = _list_at(transformer, path)
     block_list.__dict__["_dit_cache_view"] = view
     block_list.__dict__["_dit_cache_class"] = type(block_list)
@@ -433,7 +433,7 @@ def _show(transformer: torch.nn.Module, path: str, view: tuple) -> torch.nn.Modu
 
 
 @torch.compiler.disable
-def _unshow(block_list: torch.nn.ModuleList) -> None:
+def _remove_view(block_list: torch.nn.ModuleList) -> None:
     block_list.__class__ = block_list.__dict__.pop("_dit_cache_class")
     block_list.__dict__.pop("_dit_cache_view", None)
 

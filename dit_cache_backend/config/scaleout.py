@@ -227,6 +227,48 @@ class ParallelismConfig(_ValidatedConfig):
                 "NATIVE_PYTORCH, both together on NATIVE_HYBRID",
             )
 
+    def strify(
+        self,
+        details: bool = False,
+        text_encoder: bool = False,
+        vae: bool = False,
+        controlnet: bool = False,
+    ) -> str:
+        """cache-dit's tag of the layout (``Ulysses2_Ring2_UAA``), or with ``details`` its
+        ``ParallelismConfig(...)`` form. The extra-module flags add cache-dit's ``TEP`` / ``VAEP`` /
+        ``CNP`` suffixes; here extra modules are never parallelized, so only a caller sets them."""
+        if details:
+            shown = [f"backend={self.backend}"]
+            if self.ulysses_size is not None:
+                shown.append(f"ulysses_size={self.ulysses_size}")
+                shown += [
+                    f"{flag}={getattr(self, flag)}"
+                    for flag in ("ulysses_anything", "ulysses_float8", "ulysses_async")
+                    if getattr(self, flag)
+                ]
+            shown += [
+                f"{size}={getattr(self, size)}"
+                for size in ("ring_size", "tp_size")
+                if getattr(self, size) is not None
+            ]
+            return f"ParallelismConfig({', '.join(shown)})"
+        parts = [
+            f"{label}{size}"
+            for label, size in (("Ulysses", self.ulysses_size), ("Ring", self.ring_size))
+            if size is not None
+        ]
+        if self.ulysses_anything:
+            parts += ["UAA"] + (["F8"] if self.ulysses_float8 else [])
+        elif self.ulysses_float8:
+            parts.append("UF8")
+        if self.ulysses_async:
+            parts.append("UAS")
+        if self.tp_size is not None:
+            parts.append(f"TP{self.tp_size}")
+        extras = (("TEP", text_encoder), ("VAEP", vae), ("CNP", controlnet))
+        parts += [tag for tag, wanted in extras if wanted]
+        return "_".join(parts)
+
     def _backend_needed(self) -> Optional[str]:
         def enabled(value: Any) -> bool:
             return value == "auto" or (_is_int(value) and value > 1)
@@ -322,6 +364,27 @@ class QuantizeConfig(_ValidatedConfig):
             # cache-dit's choice: SVDQuant runs on its own kernels, everything else on torchao.
             svdq = self.quant_type.startswith("svdq")
             self.backend = QuantizeBackend.CACHE_DIT if svdq else QuantizeBackend.TORCHAO
+
+    def strify(self) -> str:
+        """cache-dit's tag: the quant type, or ``<component:type>`` per component of a mapping."""
+        if isinstance(self.components_to_quantize, dict):
+            return "".join(
+                f"<{component}:{self._tag_of(spec.get('quant_type', self.quant_type))}>"
+                for component, spec in self.components_to_quantize.items()
+            )
+        return self._tag_of(self.quant_type)
+
+    def _tag_of(self, quant_type: str) -> str:
+        quant_type = quant_type.lower()
+        if not quant_type.startswith("svdq"):
+            return quant_type
+        options = self.svdq_kwargs or {}
+        strategy = options.get("smooth_strategy", "identity")
+        if quant_type.endswith("_dq") and strategy != "identity":
+            quant_type += f"_{strategy}"
+            if strategy == "few_shot":
+                quant_type += f"_{options.get('few_shot_relax_strategy', 'auto')}"
+        return quant_type + ("_fused_mlp" if options.get("fused_mlp", False) else "")
 
     def _check_relations(self) -> None:
         svdq = isinstance(self.quant_type, str) and self.quant_type.startswith("svdq")
