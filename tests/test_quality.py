@@ -15,8 +15,8 @@ from dit_cache_backend.tiny_model import (
 STEPS = 28
 
 
-def all_classes_inputs():
-    inputs = tiny_flux_inputs(0, batch_size=NUM_CLASSES, num_inference_steps=STEPS)
+def all_classes_inputs(steps=STEPS):
+    inputs = tiny_flux_inputs(0, batch_size=NUM_CLASSES, num_inference_steps=steps)
     prompt_embeds, pooled = tiny_flux_class_embeddings()
     inputs["prompt_embeds"], inputs["pooled_prompt_embeds"] = prompt_embeds, pooled
     return inputs
@@ -102,3 +102,25 @@ def test_forecasting_calibrators_are_more_faithful_than_reuse_on_a_fixed_schedul
     forecast = fidelity(pipe, reference, config, calibrator)
     assert reuse[0] == forecast[0] == sum(mask)
     assert forecast[1] > reuse[1]
+
+
+# The presets' compute budgets (docs/quality.md "Presets"): at most N/k computed steps.
+PRESET_BUDGETS = {"quality": STEPS / 1.5, "balanced": STEPS / 3, "fast": STEPS / 4, "ultra": STEPS / 6}
+
+
+@pytest.mark.parametrize("name", list(PRESET_BUDGETS))
+def test_each_speed_preset_keeps_its_budget_and_beats_running_that_many_steps(
+    pipe, reference, name
+):
+    from dit_cache_backend.presets import preset_path
+
+    options = dcb.load_configs(preset_path(name))
+    computed, quality = fidelity(
+        pipe, reference, options["cache_config"], options["calibrator_config"]
+    )
+    assert computed <= PRESET_BUDGETS[name]
+    with torch.no_grad():
+        fewer = pipe(**all_classes_inputs(steps=computed)).images
+    floor = psnr(reference, fewer, (reference.max() - reference.min()).item())
+    assert quality > floor + 3.0, f"{name}: {quality:.1f} dB vs {floor:.1f} dB with {computed} steps"
+
