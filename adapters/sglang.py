@@ -40,8 +40,8 @@ from dit_cache_backend.backend import (
     refresh_target,
     request_mask,
 )
+from dit_cache_backend.config.framework import FrameworkCacheConfig
 from dit_cache_backend.errors import ConfigError
-from dit_cache_backend.framework_config import FrameworkCacheConfig
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 :class:`BlockListContext` is the part every technique shares: the configs, the policy, the request
 lifetime (rebuilt at every request boundary, so nothing crosses requests, rule 4) and the measured
-relative-L1 diff. :class:`CacheContext` adds DBCache's buffers: per CFG branch, the Fn residual of
+relative-L1 diff. :class:`DBCacheContext` adds DBCache's buffers: per CFG branch, the Fn residual of
 the last computed step (the decision's reference) and the middle-block residuals (plain buffers or
 TaylorSeer streams). DBPrune's per-block buffers are in ``prune.py``.
 """
@@ -151,7 +151,7 @@ class BlockListContext:
         return cached, reason, diff
 
 
-class CacheContext(BlockListContext):
+class DBCacheContext(BlockListContext):
     """DBCache state of one cached block list for the current request."""
 
     def _build_buffers(self) -> None:

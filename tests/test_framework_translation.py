@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 import dit_cache_backend as dcb
-from dit_cache_backend.framework_config import FrameworkCacheConfig
+from dit_cache_backend.config.framework import FrameworkCacheConfig
 
 
 def calibrator(**flat):
