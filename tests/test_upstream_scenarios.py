@@ -167,3 +167,15 @@ def test_a_refresh_with_a_reset_taylorseer_config_turns_taylorseer_on(engine_nam
     assert calibrator.taylorseer_order == 1
     enabled = (calibrator.enable_calibrator, calibrator.enable_encoder_calibrator)
     assert enabled == ((None, None) if engine.is_reference else (True, True))
+
+
+@pytest.mark.parametrize("engine_name", ENGINE_NAMES)
+@pytest.mark.parametrize(
+    "flags",
+    [("enable_taylorseer", "enable_dmd"), ("enable_taylorseer", "enable_foca"), ("enable_dmd", "enable_foca")],
+)
+def test_two_calibrators_in_one_config_are_refused_as_mutually_exclusive(engine_name, flags):
+    """tests/api/test_dmd_config.py and test_foca_config.py match the words "mutually exclusive"."""
+    cd = load_engine(engine_name).module
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        cd.load_configs({"cache_config": {flag: True for flag in flags}}, return_dict=True)
