@@ -52,6 +52,7 @@ import yaml
 
 from . import scm
 from .calibrators import CALIBRATOR_TYPES, DMD_SVD_PRECISIONS, Calibrator, accepted_kwargs
+from .budget import check_budget_fits, check_budget_value
 from .errors import ConfigError, UnknownKeyError
 
 logger = logging.getLogger(__name__)
@@ -546,6 +547,43 @@ class ConfigOverride(Mapping):
 # --------------------------------------------------------------------------------------------------
 
 
+# What each decision signal measures lives in ``context.SIGNALS`` (the same names).
+DECISION_SIGNALS = ("relative_l1", "lowpass_l1", "magnitude")
+_EXTENSION_DEFAULTS: Dict[str, Any] = {
+    "decision_signal": "relative_l1",
+    "signal_lowpass_ratio": 0.25,
+    "signal_mag_ratios": None,
+    "compute_budget": None,
+}
+
+
+def _extension_tag(config: BasicCacheConfig) -> str:
+    """``_SIGmagnitude_CB0.33``-style suffix for the extensions set (empty when off)."""
+    set_here = config.extensions()
+    tag = ""
+    if "decision_signal" in set_here or "signal_lowpass_ratio" in set_here:
+        tag += f"_SIG{config.decision_signal}"
+    if config.compute_budget is not None:
+        tag += f"_CB{config.compute_budget}"
+    return tag
+
+
+def _check_unit_fraction(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < value <= 1.0:
+        raise ConfigError(key, value, "a real number in (0, 1]")
+
+
+def _check_positive_reals(key: str, value: Any) -> None:
+    if not isinstance(value, (list, tuple)) or not value or not all(
+        isinstance(item, numbers.Real)
+        and not isinstance(item, bool)
+        and math.isfinite(item)
+        and item > 0
+        for item in value
+    ):
+        raise ConfigError(key, value, "a non-empty list of finite real numbers > 0 (one per step)")
+
+
 @dataclasses.dataclass
 class BasicCacheConfig(_UpdatableConfig):
     """Dual Block Cache settings; same fields and defaults as cache-dit's ``DBCacheConfig``.
@@ -573,6 +611,13 @@ class BasicCacheConfig(_UpdatableConfig):
     steps_computation_policy: str = "dynamic"
     force_refresh_step_hint: Optional[int] = None
     force_refresh_step_policy: str = "once"
+    # Our extensions (off by default; see docs/user_guide.md, "Decision signals and compute
+    # budget"). They appear in as_dict() and strify() only when set, so a default config reads
+    # exactly as cache-dit's.
+    decision_signal: str = "relative_l1"
+    signal_lowpass_ratio: float = 0.25
+    signal_mag_ratios: Optional[List[float]] = None
+    compute_budget: Optional[Union[int, float]] = None
 
     _ALIASES: ClassVar[Dict[str, str]] = {"enable_sperate_cfg": "enable_separate_cfg"}
     _OPTIONAL: ClassVar[FrozenSet[str]] = frozenset(
@@ -582,6 +627,8 @@ class BasicCacheConfig(_UpdatableConfig):
             "num_inference_steps",
             "steps_computation_mask",
             "force_refresh_step_hint",
+            "signal_mag_ratios",
+            "compute_budget",
         }
     )
     # Not a field (the fields are cache-dit's): the preset a ``steps_computation_mask: fast``
@@ -606,6 +653,10 @@ class BasicCacheConfig(_UpdatableConfig):
         "steps_computation_policy": _one_of("dynamic", "static"),
         "force_refresh_step_hint": _int_at_least(1),
         "force_refresh_step_policy": _one_of("once", "repeat"),
+        "decision_signal": _one_of(*DECISION_SIGNALS),
+        "signal_lowpass_ratio": _check_unit_fraction,
+        "signal_mag_ratios": _check_positive_reals,
+        "compute_budget": check_budget_value,
     }
 
     def _normalize(self) -> None:
@@ -619,6 +670,8 @@ class BasicCacheConfig(_UpdatableConfig):
             self._mask_policy = policy
         elif isinstance(mask, tuple):
             self.steps_computation_mask = list(mask)
+        if isinstance(self.signal_mag_ratios, tuple):
+            self.signal_mag_ratios = list(self.signal_mag_ratios)
         if self._mask_policy is not None:
             if self.num_inference_steps is not None:
                 # The preset is sized by num_inference_steps: check it before building the mask.
@@ -635,6 +688,27 @@ class BasicCacheConfig(_UpdatableConfig):
                 "False when enable_separate_cfg and cfg_diff_compute_separate are both true",
                 hint="set cfg_diff_compute_separate: false to compute the CFG branch first",
             )
+        check_budget_fits(
+            self.compute_budget,
+            self.num_inference_steps,
+            self.max_warmup_steps,
+            self.warmup_interval,
+            self.steps_computation_mask,
+        )
+
+    def extensions(self) -> Dict[str, Any]:
+        """Our extension fields that differ from their defaults (off: an empty dict)."""
+        defaults = _EXTENSION_DEFAULTS
+        return {key: getattr(self, key) for key in defaults if getattr(self, key) != defaults[key]}
+
+    def as_dict(self) -> Dict[str, Any]:
+        """cache-dit's fields, plus our extension fields where they are set."""
+        found = super().as_dict()
+        set_here = self.extensions()
+        for key in _EXTENSION_DEFAULTS:
+            if key not in set_here:
+                del found[key]
+        return found
 
     def strify(self) -> str:
         """The cache part of cache-dit's tag, e.g. ``DBCache_F8B0_W8I1M0MC0_R0.08_N28``."""
@@ -648,7 +722,7 @@ class BasicCacheConfig(_UpdatableConfig):
             tag += f"_FR{self.force_refresh_step_hint}_{self.force_refresh_step_policy}"
         if self.enable_separate_cfg is not None:
             tag += f"_CFG{int(self.enable_separate_cfg)}"
-        return tag
+        return tag + _extension_tag(self)
 
     def _base_tag(self) -> str:
         def at_least_0(value: Optional[int]) -> Optional[int]:
@@ -725,6 +799,17 @@ class DBPruneConfig(BasicCacheConfig):
         super()._normalize()
         if isinstance(self.non_prune_block_ids, tuple):
             self.non_prune_block_ids = list(self.non_prune_block_ids)
+
+    def _check_relations(self) -> None:
+        super()._check_relations()
+        for key, value in self.extensions().items():
+            raise ConfigError(
+                key,
+                value,
+                f"its default ({_EXTENSION_DEFAULTS[key]!r}) with DBPrune",
+                hint="decision_signal and compute_budget are DBCache extensions; DBPrune decides "
+                "per block with the relative-L1 diff",
+            )
 
     def strify(self) -> str:
         """``DBPrune_F..B.._W..I..M..MC.._R{thr}``: DBPrune tags carry no SCM/N/FR/CFG parts."""
