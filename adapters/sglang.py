@@ -41,7 +41,7 @@ from dit_cache_backend.backend import (
     request_mask,
 )
 from dit_cache_backend.errors import ConfigError, NotSupportedYetError
-from dit_cache_backend.framework_config import FrameworkCacheConfig
+from dit_cache_backend.config.framework import FrameworkCacheConfig
 
 logger = logging.getLogger(__name__)
 

@@ -9,19 +9,18 @@ from typing import Any, Optional, Tuple
 
 import torch
 
-from .block_adapter import BlockAdapter, CachedListSpec, is_pipeline
+from .block_adapter import BlockAdapter, is_pipeline
 from .config import (
     BasicCacheConfig,
-    CalibratorConfig,
     CacheType,
+    CalibratorConfig,
     ConfigOverride,
     DBCacheConfig,
     ParallelismConfig,
     QuantizeConfig,
     load_cache_config,
-    refreshed_calibrator,
-    split_flat_options,
 )
+from .config.flat import refreshed_calibrator, split_flat_options
 from .errors import ConfigError, DitCacheError
 from .resolve import (
     adapter_for,
@@ -83,20 +82,19 @@ def _check_types(cache_config: Any, calibrator_config: Any) -> None:
         )
 
 
-def _check_against_blocks(spec: CachedListSpec, config: DBCacheConfig) -> None:
-    blocks = len(spec.blocks)
+def _check_against_blocks(name: str, blocks: int, config: DBCacheConfig) -> None:
     front, back = config.Fn_compute_blocks, config.Bn_compute_blocks
     if front > blocks:
         raise ConfigError(
             "Fn_compute_blocks",
             front,
-            f"at most the {blocks} blocks of '{spec.name}'",
+            f"at most the {blocks} blocks of '{name}'",
         )
     if front + back > blocks:
         raise ConfigError(
             "Bn_compute_blocks",
             back,
-            f"at most {blocks - front} for '{spec.name}' (Fn_compute_blocks={front} + "
+            f"at most {blocks - front} for '{name}' (Fn_compute_blocks={front} + "
             f"Bn_compute_blocks must not exceed its {blocks} blocks)",
         )
     mask, steps = config.steps_computation_mask, config.num_inference_steps
@@ -164,7 +162,7 @@ def enable_cache(
         # Our copies record the resolved value (cache-dit writes it into the user's object).
         config.enable_separate_cfg = separate_cfg
         config.validate()
-        _check_against_blocks(spec, config)
+        _check_against_blocks(spec.name, len(spec.blocks), config)
     pipeline = pipe_or_adapter if is_pipeline(pipe_or_adapter) else None
     if pipeline is None and adapter.pipe is not None and is_pipeline(adapter.pipe):
         pipeline = adapter.pipe
@@ -279,7 +277,7 @@ def refresh_context(transformer: Any, **kwargs: Any) -> Any:
             config = current.with_fields(**cache_fields) if cache_fields else current
         else:
             config = _overridden(current, cache_override)
-        _check_against_blocks(spec, config)
+        _check_against_blocks(spec.name, len(session.current_blocks(spec)), config)
         calibrator = refreshed_calibrator(
             _overridden(context.calibrator_config, calibrator_override), calibrator_fields
         )

@@ -44,7 +44,7 @@ from .api import disable_cache, enable_cache, refresh_context
 from .block_adapter import BlockAdapter
 from .config import CalibratorConfig, DBCacheConfig, load_configs
 from .errors import ConfigError, DitCacheError, UnsupportedModelError
-from .framework_config import FrameworkCacheConfig
+from .config.framework import FrameworkCacheConfig
 from .patterns import ForwardPattern
 from .policy import COND
 from .registry import FAMILIES, StepSplit, transformer_attrs

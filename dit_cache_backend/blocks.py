@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .context import ENCODER_STREAM, HIDDEN_STREAM, BlockListContext, CacheContext
+from .context import ENCODER_STREAM, HIDDEN_STREAM, BlockListContext, DBCacheContext
 from .patterns import ENCODER, HIDDEN, ForwardPattern
 from .policy import CallIdentity
 
@@ -169,7 +169,7 @@ class BlockListRunner(torch.nn.Module):
 class CachedBlocks(BlockListRunner):
     """One block list run with DBCache: F blocks, decision, M blocks or cache, B blocks."""
 
-    context: CacheContext
+    context: DBCacheContext
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         call = self.capture(args, kwargs)

@@ -26,7 +26,8 @@ import torch
 import yaml
 
 from .budget import warmup_steps
-from .config import DECISION_SIGNALS, load_configs
+from .config import load_configs
+from .config.extensions import DECISION_SIGNALS
 from .errors import DitCacheError
 from .metrics import psnr
 

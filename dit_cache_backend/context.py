@@ -2,7 +2,7 @@
 
 :class:`BlockListContext` is the part every technique shares: the configs, the policy, the request
 lifetime (rebuilt at every request boundary, so nothing crosses requests, rule 4) and the measured
-relative-L1 diff. :class:`CacheContext` adds DBCache's buffers: per CFG branch, the Fn residual of
+relative-L1 diff. :class:`DBCacheContext` adds DBCache's buffers: per CFG branch, the Fn residual of
 the last computed step (the decision's reference) and the middle-block residuals (plain buffers or
 TaylorSeer streams). DBPrune's per-block buffers are in ``prune.py``.
 """
@@ -76,10 +76,10 @@ class SignalState:
 class Signal:
     """``relative_l1``: cache-dit's relative-L1 diff of the F residual against the reference."""
 
-    def measure(self, context: "CacheContext", reference: torch.Tensor, current: torch.Tensor) -> float:
+    def measure(self, context: "DBCacheContext", reference: torch.Tensor, current: torch.Tensor) -> float:
         return relative_l1(reference, current, context.process_group)
 
-    def settle(self, context: "CacheContext", current: torch.Tensor, cached: bool) -> None:
+    def settle(self, context: "DBCacheContext", current: torch.Tensor, cached: bool) -> None:
         """Update the branch's state once the call is decided (nothing to keep by default)."""
 
 
@@ -89,7 +89,7 @@ class LowPassSignal(Signal):
     step without moving the trajectory, does not trigger a compute. Under sequence parallelism each
     rank filters its own shard (a windowed filter) and the sums are reduced as usual."""
 
-    def measure(self, context: "CacheContext", reference: torch.Tensor, current: torch.Tensor) -> float:
+    def measure(self, context: "DBCacheContext", reference: torch.Tensor, current: torch.Tensor) -> float:
         keep = context.cache_config.signal_lowpass_ratio
         return relative_l1(low_pass(reference, keep), low_pass(current, keep), context.process_group)
 
@@ -101,13 +101,13 @@ class MagnitudeSignal(Signal):
     without them, measured online: the mean per-token norm ratio of this step's F residual to the
     previous step's."""
 
-    def measure(self, context: "CacheContext", reference: torch.Tensor, current: torch.Tensor) -> float:
+    def measure(self, context: "DBCacheContext", reference: torch.Tensor, current: torch.Tensor) -> float:
         state = context.signal_state
         ratio = state.ratio * self._step_ratio(context, current)
         state.pending = (ratio, state.error + abs(1.0 - ratio))
         return state.pending[1]
 
-    def settle(self, context: "CacheContext", current: torch.Tensor, cached: bool) -> None:
+    def settle(self, context: "DBCacheContext", current: torch.Tensor, cached: bool) -> None:
         state = context.signal_state
         if cached:
             if state.pending is None:  # a gate cached it without asking: the error still grows
@@ -119,7 +119,7 @@ class MagnitudeSignal(Signal):
         if context.cache_config.signal_mag_ratios is None:
             state.previous = current
 
-    def _step_ratio(self, context: "CacheContext", current: torch.Tensor) -> float:
+    def _step_ratio(self, context: "DBCacheContext", current: torch.Tensor) -> float:
         calibrated = context.cache_config.signal_mag_ratios
         step = context.policy.step
         if calibrated is not None:
@@ -263,7 +263,7 @@ class BlockListContext:
         return cached, reason, diff
 
 
-class CacheContext(BlockListContext):
+class DBCacheContext(BlockListContext):
     """DBCache state of one cached block list for the current request."""
 
     def _build_buffers(self) -> None:

@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import logging
 import threading
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -128,6 +128,15 @@ class CacheSession:
         self._block_sources: Dict[str, Optional[List[str]]] = {
             spec.name: _block_sources(spec) for spec in specs
         }
+        # A list read through the module at each call keeps none of its enable-time blocks: a block
+        # replaced after enabling must not stay in memory through us until disable.
+        self.specs = [
+            spec if self._block_sources[spec.name] is None else dataclasses.replace(spec, blocks=[])
+            for spec in specs
+        ]
+        for spec in self.specs:
+            if self._block_sources[spec.name] is not None:
+                self.wrappers[spec.name].release()
         self.transformers: List[torch.nn.Module] = list(
             {id(s.transformer): s.transformer for s in specs}.values()
         )
@@ -136,6 +145,11 @@ class CacheSession:
         self.active = False
         self._calling = threading.RLock()
         self._open_requests = 0
+
+    def current_blocks(self, spec: CachedListSpec) -> Tuple[torch.nn.Module, ...]:
+        """The blocks of ``spec``'s list now: read from the module's lists, or the adapter's own."""
+        sources = self._block_sources[spec.name]
+        return tuple(spec.blocks) if sources is None else _blocks_at(spec.transformer, sources)
 
     def __reduce__(self) -> Any:
         # A copy of a cached module is an uncached module (see _CopiedUncached).
@@ -232,7 +246,7 @@ class CacheSession:
             _leave(self)
 
     @contextlib.contextmanager
-    def _swapped_block_lists(
+    def _viewed_block_lists(
         self, transformer: torch.nn.Module, specs: List[CachedListSpec]
     ) -> Iterator[None]:
         viewed: List[torch.nn.ModuleList] = []
@@ -240,13 +254,13 @@ class CacheSession:
             for spec in specs:
                 wrapper = self.wrappers[spec.name]
                 _bind_current_blocks(wrapper, transformer, self._block_sources[spec.name])
-                viewed.append(_show(transformer, spec.attr, (wrapper,)))
+                viewed.append(_install_view(transformer, spec.attr, (wrapper,)))
                 for dummy in spec.dummy_attrs:
-                    viewed.append(_show(transformer, dummy, ()))
+                    viewed.append(_install_view(transformer, dummy, ()))
             yield
         finally:
             for block_list in reversed(viewed):
-                _unshow(block_list)
+                _remove_view(block_list)
             for spec in specs:
                 if self._block_sources[spec.name] is not None:
                     self.wrappers[spec.name].release()
@@ -314,7 +328,7 @@ class _CachedForward(_CopiedUncached):
         session = self.session
         if not session.active or not session.in_request():
             return self.original(*args, **kwargs)
-        with session._one_call_at_a_time(), session._swapped_block_lists(self.transformer, self.specs):
+        with session._one_call_at_a_time(), session._viewed_block_lists(self.transformer, self.specs):
             try:
                 return self.original(*args, **kwargs)
             except BaseException:
@@ -401,15 +415,16 @@ def _bind_current_blocks(
     runner: BlockListRunner, transformer: torch.nn.Module, sources: Optional[List[str]]
 ) -> None:
     """Give the runner the blocks the module holds now, not the ones it held at enable time."""
-    if sources is None:
-        return
-    runner.bind(
-        tuple(block for path in sources for block in _list_at(transformer, path)._modules.values())
-    )
+    if sources is not None:
+        runner.bind(_blocks_at(transformer, sources))
+
+
+def _blocks_at(transformer: torch.nn.Module, sources: List[str]) -> Tuple[torch.nn.Module, ...]:
+    return tuple(block for path in sources for block in _list_at(transformer, path)._modules.values())
 
 
 @torch.compiler.disable
-def _show(transformer: torch.nn.Module, path: str, view: tuple) -> torch.nn.ModuleList:
+def _install_view(transformer: torch.nn.Module, path: str, view: tuple) -> torch.nn.ModuleList:
     block_list = _list_at(transformer, path)
     block_list.__dict__["_dit_cache_view"] = view
     block_list.__dict__["_dit_cache_class"] = type(block_list)
@@ -418,7 +433,7 @@ def _show(transformer: torch.nn.Module, path: str, view: tuple) -> torch.nn.Modu
 
 
 @torch.compiler.disable
-def _unshow(block_list: torch.nn.ModuleList) -> None:
+def _remove_view(block_list: torch.nn.ModuleList) -> None:
     block_list.__class__ = block_list.__dict__.pop("_dit_cache_class")
     block_list.__dict__.pop("_dit_cache_view", None)
 

@@ -160,7 +160,7 @@ def _attribute_list_stats(session: CacheSession, transformer: torch.nn.Module) -
         if spec.transformer is not transformer or "." in spec.attr:
             continue
         attribute = transformer._modules.get(spec.attr)
-        if isinstance(attribute, torch.nn.ModuleList) and _same_blocks(attribute, spec.blocks):
+        if isinstance(attribute, torch.nn.ModuleList) and _same_blocks(attribute, session.current_blocks(spec)):
             found.append((spec.attr, context_stats(session.contexts[spec.name])))
     return [stats for _, stats in sorted(found, key=lambda item: item[0])]
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Type
 
 from .blocks import BlockListRunner, CachedBlocks
 from .config import CacheType
-from .context import BlockListContext, CacheContext
+from .context import BlockListContext, DBCacheContext
 from .prune import PruneContext, PrunedBlocks, prune_stats
 
 
@@ -28,7 +28,7 @@ def _no_extra_fields(context: Any) -> Dict[str, Any]:
 
 
 TECHNIQUES: Dict[CacheType, Technique] = {
-    CacheType.DBCache: Technique(CacheContext, CachedBlocks, _no_extra_fields),
+    CacheType.DBCache: Technique(DBCacheContext, CachedBlocks, _no_extra_fields),
     CacheType.DBPrune: Technique(PruneContext, PrunedBlocks, prune_stats),
 }
 

@@ -20,7 +20,7 @@ DOC = ROOT / "docs" / "architecture.md"
 # The checkout's folders installed inside the package (pyproject.toml's package-dir).
 FOLDERS = {"adapters": f"{PACKAGE}.adapters", "configs": f"{PACKAGE}.presets"}
 # The plugins may use only the backend's operations, the flat-settings translation and the errors.
-PLUGIN_IMPORTS = {f"{PACKAGE}.backend", f"{PACKAGE}.framework_config", f"{PACKAGE}.errors"}
+PLUGIN_IMPORTS = {f"{PACKAGE}.backend", f"{PACKAGE}.config.framework", f"{PACKAGE}.errors"}
 # Cycles another change removes; each entry names it. Delete the entry when that change lands.
 KNOWN_CYCLES: Set[frozenset] = {
     # bench imports cli._latents_to_images and cli imports bench.add_bench_parser (issue 14, the

@@ -37,3 +37,16 @@ def test_the_demos_pipeline_needs_are_runtime_dependencies():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = {re.split(r"[<>=!~\[ ]", spec, maxsplit=1)[0] for spec in project["dependencies"]}
     assert {"torch", "diffusers", "transformers"} <= names
+
+
+def test_every_package_of_the_source_tree_is_installed():
+    # pyproject.toml lists the packages explicitly; an editable install finds a missing one anyway,
+    # a wheel silently leaves it out.
+    tomllib = pytest.importorskip("tomllib")
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "dit_cache_backend").rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    assert on_disk - listed == set()

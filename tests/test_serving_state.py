@@ -5,9 +5,11 @@ decisions, configs or module tree the engine must have afterwards.
 """
 
 import copy
+import gc
 import io
 import pickle
 import threading
+import weakref
 
 import pytest
 import torch
@@ -133,6 +135,24 @@ def test_a_block_replaced_after_enabling_is_the_one_that_runs():
     assert same(run_steps(model), run_steps(expected_model))
 
 
+def test_a_block_replaced_after_enabling_is_not_kept_in_memory_by_the_cache():
+    model = Model()
+    dcb.enable_cache(adapter(model), cache_config=config(num_inference_steps=8))
+    run_steps(model)
+    replaced = weakref.ref(model.transformer_blocks[2])
+    model.transformer_blocks[2] = Block(seed=99)
+    gc.collect()
+    assert replaced() is None
+
+
+def test_a_refresh_checks_the_compute_blocks_against_the_list_the_module_holds_now():
+    model = Model()
+    dcb.enable_cache(adapter(model), cache_config=config(num_inference_steps=8))
+    del model.transformer_blocks[1:]
+    with pytest.raises(ConfigError, match="Fn_compute_blocks"):
+        dcb.refresh_context(model, num_inference_steps=8, Fn_compute_blocks=2)
+
+
 def test_force_refresh_step_hint_fires_in_every_request():
     pipe = Pipe(Model())
     dcb.enable_cache(pipe, cache_config=config(force_refresh_step_hint=4, max_warmup_steps=1))
@@ -250,12 +270,12 @@ def test_configs_are_copied_at_enable_so_later_edits_change_nothing():
 
 
 def test_a_refresh_with_one_field_validates_once_and_reads_no_file(monkeypatch):
-    from dit_cache_backend import config as config_module
+    from dit_cache_backend.config import base, loader
 
     model = Model()
     dcb.enable_cache(adapter(model), cache_config=config(num_inference_steps=8))
     calls = {"validate": 0}
-    original = config_module._ValidatedConfig.validate
+    original = base._ValidatedConfig.validate
 
     def counting(self):
         calls["validate"] += 1
@@ -264,9 +284,9 @@ def test_a_refresh_with_one_field_validates_once_and_reads_no_file(monkeypatch):
     def no_loader(*args, **kwargs):
         raise AssertionError("the loader ran")
 
-    monkeypatch.setattr(config_module._ValidatedConfig, "validate", counting)
+    monkeypatch.setattr(base._ValidatedConfig, "validate", counting)
     for name in ("load_cache_config", "load_configs", "_read_source", "_cache_configs_from"):
-        monkeypatch.setattr(config_module, name, no_loader)
+        monkeypatch.setattr(loader, name, no_loader)
     monkeypatch.setattr("dit_cache_backend.api.load_cache_config", no_loader)
     dcb.refresh_context(model, num_inference_steps=12)
     assert calls["validate"] == 1
@@ -288,14 +308,14 @@ def test_a_config_object_is_always_complete():
     ],
 )
 def test_the_flat_framework_config_validates_like_yaml(flat, key):
-    from dit_cache_backend.framework_config import FrameworkCacheConfig
+    from dit_cache_backend.config.framework import FrameworkCacheConfig
 
     with pytest.raises(ConfigError, match=key):
         FrameworkCacheConfig.from_flat(flat)
 
 
 def test_the_flat_framework_config_reads_a_null_order_as_the_default():
-    from dit_cache_backend.framework_config import FrameworkCacheConfig
+    from dit_cache_backend.config.framework import FrameworkCacheConfig
 
     built = FrameworkCacheConfig.from_flat({"enable_taylorseer": True, "taylorseer_order": None})
     assert built.calibrator_config.taylorseer_order == 1

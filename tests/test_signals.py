@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import dit_cache_backend as dcb
-from dit_cache_backend.config import DECISION_SIGNALS, load_configs
-from dit_cache_backend.context import SIGNALS, CacheContext, low_pass, relative_l1, stretched_index
+from dit_cache_backend.config import load_configs
+from dit_cache_backend.config.extensions import DECISION_SIGNALS
+from dit_cache_backend.context import SIGNALS, DBCacheContext, low_pass, relative_l1, stretched_index
 from dit_cache_backend.errors import ConfigError, UnknownKeyError
 from dit_cache_backend.tiny_model import tiny_flux_inputs, tiny_flux_pipeline
 
@@ -30,7 +31,7 @@ def test_low_pass_keeps_a_constant_and_removes_the_highest_frequency():
 
 def context_for(**fields):
     config = dcb.DBCacheConfig(max_warmup_steps=0, **fields)
-    return CacheContext("blocks", config, None, separate_cfg=False)
+    return DBCacheContext("blocks", config, None, separate_cfg=False)
 
 
 def test_lowpass_signal_ignores_high_frequency_changes_that_relative_l1_sees():

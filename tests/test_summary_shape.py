@@ -176,3 +176,43 @@ def test_db_prune_config_is_a_basic_cache_config_but_not_a_db_cache_config(engin
     cd = engine.module
     assert isinstance(cd.DBPruneConfig(), cd.BasicCacheConfig)
     assert not isinstance(cd.DBPruneConfig(), cd.DBCacheConfig)
+
+
+@pytest.mark.parametrize(
+    "options, tag",
+    [
+        ({"ulysses_size": 2}, "Ulysses2"),
+        ({"ring_size": 2}, "Ring2"),
+        ({"ulysses_size": 2, "ring_size": 2, "ulysses_anything": True}, "Ulysses2_Ring2_UAA"),
+        ({"ulysses_size": 2, "ulysses_float8": True}, "Ulysses2_UF8"),
+    ],
+)
+def test_parallelism_config_strify_gives_cache_dits_tag(engine, options, tag):
+    assert engine.module.ParallelismConfig(**options).strify() == tag
+    assert engine.module.ParallelismConfig(**options).strify(text_encoder=True) == tag + "_TEP"
+
+
+@pytest.mark.parametrize(
+    "options, tag",
+    [
+        ({"quant_type": "Float8_Weight_Only"}, "float8_weight_only"),
+        (
+            {
+                "quant_type": "int8_weight_only",
+                "components_to_quantize": {"transformer": {"quant_type": "float8_weight_only"}, "text_encoder": {}},
+            },
+            "<transformer:float8_weight_only><text_encoder:int8_weight_only>",
+        ),
+    ],
+)
+def test_quantize_config_strify_gives_cache_dits_tag(engine, options, tag):
+    assert engine.module.QuantizeConfig(**options).strify() == tag
+
+
+def test_strify_of_a_dict_with_every_section_joins_their_tags(engine):
+    options = {
+        "cache_config": {"residual_diff_threshold": 0.1},
+        "parallelism_config": {"ulysses_size": 2},
+        "quantize_config": {"quant_type": "float8_weight_only"},
+    }
+    assert engine.module.strify(options) == "DBCache_F8B0_W8I1M0MC0_R0.1_T0O0_Ulysses2_float8_weight_only"

@@ -11,9 +11,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Mapping, Optional
 
-from .config import BasicCacheConfig, CalibratorConfig, DBCacheConfig, calibrator_from_options
-from .errors import ConfigError, UnknownKeyError
-from .scm import MASK_POLICIES
+from ..errors import ConfigError, UnknownKeyError
+from ..scm import MASK_POLICIES
+from .cache import BasicCacheConfig, DBCacheConfig
+from .calibrator import CalibratorConfig
+from .flat import calibrator_from_options
 
 # vLLM-Omni 0.30's DiffusionCacheConfig defaults for the cache-dit backend.
 VLLM_OMNI_DEFAULTS: Dict[str, Any] = {
