@@ -162,3 +162,14 @@ def test_a_refresh_to_a_request_too_short_for_the_warmup_changes_nothing():
         dcb.refresh_context(pipe.transformer, num_inference_steps=12)  # 3 steps for 4 warmup steps
     generate(pipe, 20)
     assert computed_steps(pipe, 20) == 5
+
+
+def test_a_refresh_sets_a_new_budget_for_the_next_request():
+    pipe = tiny_flux_pipeline()
+    config = dcb.DBCacheConfig(
+        Fn_compute_blocks=1, max_warmup_steps=2, residual_diff_threshold=0.0, num_inference_steps=12
+    )
+    dcb.enable_cache(pipe, cache_config=config)
+    dcb.refresh_context(pipe.transformer, compute_budget=5)
+    generate(pipe, 12)
+    assert computed_steps(pipe, 12) == 5
