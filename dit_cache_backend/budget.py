@@ -58,7 +58,7 @@ def warmup_limit(max_warmup_steps: int, mask: Optional[Sequence[int]]) -> int:
 
 
 def warmup_steps(limit: int, interval: int, start: int, stop: int) -> int:
-    """How many warmup steps (multiples of ``interval`` below ``limit``) lie in ``[start, stop)``."""
+    """The warmup steps (multiples of ``interval`` below ``limit``) in ``[start, stop)``."""
     stop = min(stop, limit)
     first = -(-max(start, 0) // interval) * interval  # the first multiple of the interval
     return 0 if first >= stop else (stop - 1 - first) // interval + 1

@@ -20,7 +20,7 @@ import argparse
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import torch
 import yaml
@@ -78,7 +78,11 @@ class Calibration:
         outputs: List[torch.Tensor] = []
 
         def keep(module: Any, args: Any, output: Any) -> None:
-            first = output[0] if isinstance(output, (tuple, list)) else getattr(output, "sample", output)
+            first = (
+                output[0]
+                if isinstance(output, (tuple, list))
+                else getattr(output, "sample", output)
+            )
             outputs.append(first.detach().float())
 
         handle = self.workload.transformer.register_forward_hook(keep)
@@ -89,7 +93,9 @@ class Calibration:
         per_step = outputs[:: max(1, len(outputs) // self.steps)][: self.steps]
         ratios = [1.0]
         for previous, current in zip(per_step, per_step[1:]):
-            norms = torch.linalg.vector_norm(current, dim=-1) / torch.linalg.vector_norm(previous, dim=-1)
+            norms = torch.linalg.vector_norm(current, dim=-1) / torch.linalg.vector_norm(
+                previous, dim=-1
+            )
             ratios.append(round(float(norms.mean()), 5))
         return ratios
 
@@ -146,7 +152,9 @@ class Calibration:
 
     def run(self, cache_section: Dict[str, Any]) -> Outcome:
         output: List[torch.Tensor] = []
-        stats = self._with_config(cache_section, lambda: output.append(self.workload.generate(self.steps)))
+        stats = self._with_config(
+            cache_section, lambda: output.append(self.workload.generate(self.steps))
+        )
         computed = max(self.steps - len(cached) for cached, _ in _branches(stats))
         return Outcome(computed, psnr(self.reference, output[0], self.range))
 
@@ -208,7 +216,9 @@ def calibrate_main(args: argparse.Namespace) -> int:
     calibration = Calibration(build_workload(args), args.steps, base)
     if args.target_budget is not None:
         if not 0 < args.target_budget <= 1:
-            raise ValueError(f"--target-budget must be a fraction in (0, 1]; got {args.target_budget}")
+            raise ValueError(
+                f"--target-budget must be a fraction in (0, 1]; got {args.target_budget}"
+            )
         budget = math.floor(args.target_budget * args.steps + 1e-9)
         section = {**calibration.config_for(budget), "compute_budget": args.target_budget}
         goal = f"compute_budget {args.target_budget} of {args.steps} steps"
@@ -223,7 +233,9 @@ def calibrate_main(args: argparse.Namespace) -> int:
         f"{goal} on {calibration.workload.name}; measured {outcome.computed} computed steps, "
         f"PSNR {outcome.psnr:.2f} dB",
     )
-    print(f"wrote {out}: {outcome.computed}/{args.steps} computed steps, PSNR {outcome.psnr:.2f} dB")
+    print(
+        f"wrote {out}: {outcome.computed}/{args.steps} computed steps, PSNR {outcome.psnr:.2f} dB"
+    )
     met = args.target_psnr is None or outcome.psnr >= args.target_psnr
     return 0 if met else 1
 
@@ -235,7 +247,9 @@ def add_calibrate_parser(sub: Any) -> None:
         help="write a config that meets a target compute budget or PSNR",
         description=__doc__.split("\n\n")[0].replace("``", ""),
     )
-    parser.add_argument("--model", default="tiny", help="as dit-cache bench --model (tiny, or a pipeline directory)")
+    parser.add_argument(
+        "--model", default="tiny", help="as dit-cache bench --model (tiny, or a pipeline directory)"
+    )
     parser.add_argument("--steps", type=int, default=28)
     parser.add_argument("--target-budget", type=float, help="fraction of steps computed, e.g. 0.33")
     parser.add_argument("--target-psnr", type=float, help="dB against the uncached output, e.g. 45")
@@ -247,7 +261,9 @@ def add_calibrate_parser(sub: Any) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (0: leave)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
-    parser.add_argument("--batch", type=int, default=None, help="samples per call (tiny: 8 classes)")
+    parser.add_argument(
+        "--batch", type=int, default=None, help="samples per call (tiny: 8 classes)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prompt", default="a photo of a cat", help="local pipelines only")
     parser.add_argument("--height", type=int, default=None, help="local pipelines only")

@@ -76,7 +76,9 @@ class SignalState:
 class Signal:
     """``relative_l1``: cache-dit's relative-L1 diff of the F residual against the reference."""
 
-    def measure(self, context: "DBCacheContext", reference: torch.Tensor, current: torch.Tensor) -> float:
+    def measure(
+        self, context: "DBCacheContext", reference: torch.Tensor, current: torch.Tensor
+    ) -> float:
         return relative_l1(reference, current, context.process_group)
 
     def settle(self, context: "DBCacheContext", current: torch.Tensor, cached: bool) -> None:
@@ -89,19 +91,24 @@ class LowPassSignal(Signal):
     step without moving the trajectory, does not trigger a compute. Under sequence parallelism each
     rank filters its own shard (a windowed filter) and the sums are reduced as usual."""
 
-    def measure(self, context: "DBCacheContext", reference: torch.Tensor, current: torch.Tensor) -> float:
+    def measure(
+        self, context: "DBCacheContext", reference: torch.Tensor, current: torch.Tensor
+    ) -> float:
         keep = context.cache_config.signal_lowpass_ratio
-        return relative_l1(low_pass(reference, keep), low_pass(current, keep), context.process_group)
+        filtered = low_pass(reference, keep), low_pass(current, keep)
+        return relative_l1(*filtered, context.process_group)
 
 
 class MagnitudeSignal(Signal):
     """``magnitude`` (MagCache's rule): the error accumulated since the last computed step from
     the magnitude ratio of consecutive steps, ``error += |1 - prod(ratios)|``. The ratios are the
     calibrated ``signal_mag_ratios`` (one per step, stretched to the request's step count) or,
-    without them, measured online: the mean per-token norm ratio of this step's F residual to the
+    without them, measured online: the mean per-token norm of this step's F residual over the
     previous step's."""
 
-    def measure(self, context: "DBCacheContext", reference: torch.Tensor, current: torch.Tensor) -> float:
+    def measure(
+        self, context: "DBCacheContext", reference: torch.Tensor, current: torch.Tensor
+    ) -> float:
         state = context.signal_state
         ratio = state.ratio * self._step_ratio(context, current)
         state.pending = (ratio, state.error + abs(1.0 - ratio))
@@ -123,12 +130,14 @@ class MagnitudeSignal(Signal):
         calibrated = context.cache_config.signal_mag_ratios
         step = context.policy.step
         if calibrated is not None:
-            return calibrated[stretched_index(step, len(calibrated), context.policy.settings.num_inference_steps)]
+            steps = context.policy.settings.num_inference_steps
+            return calibrated[stretched_index(step, len(calibrated), steps)]
         previous = context.signal_state.previous
         if previous is None or previous.shape != current.shape:
             return 1.0
         norms = torch.linalg.vector_norm(current.float(), dim=-1)
-        return reduced_ratio(norms, torch.linalg.vector_norm(previous.float(), dim=-1), context.process_group)
+        previous_norms = torch.linalg.vector_norm(previous.float(), dim=-1)
+        return reduced_ratio(norms, previous_norms, context.process_group)
 
 
 SIGNALS: Dict[str, Signal] = {
@@ -150,7 +159,8 @@ def low_pass(tensor: torch.Tensor, keep: float) -> torch.Tensor:
 
 def stretched_index(step: int, length: int, steps: Optional[int]) -> int:
     """The entry of a ``length``-long per-step curve for ``step`` of ``steps`` (nearest, as
-    diffusers' MagCache stretches its ratios); the step itself, clipped, when ``steps`` is unknown."""
+    diffusers' MagCache stretches its ratios); the step itself, clipped, when ``steps`` is
+    unknown."""
     if steps is None or steps <= 1 or length == 1:
         return min(step, length - 1)
     return min(length - 1, round(step * (length - 1) / (steps - 1)))

@@ -6,7 +6,9 @@ cache-dit 1.5.3 (spec §1.4): warmup → steps mask → max cached → max conti
 threshold, and the whole threshold rule after them (:meth:`StepPolicy.decide`): no reference, shape
 change, threshold ≥ 1, the CFG branch reusing the cond diff, a non-finite diff, ``diff < threshold``.
 DBCache (one decision per block list) and DBPrune (one per block) both decide here; the engine only
-measures the diff, through a callback, when the rule needs it.
+measures the diff (or the configured ``decision_signal``), through a callback, when the rule needs
+it. A DBCache ``compute_budget`` puts :meth:`StepPolicy.budget_gate` ahead of the gates and scales
+the threshold (:meth:`StepPolicy.budget_scale`); ``budget.py`` counts the steps.
 
 Call identity (rule 3 of DESIGN.md): when the caller says which branch (diffusers'
 ``cache_context("cond" | "uncond", step_index=...)``) or which step a call belongs to, that is used;

@@ -9,7 +9,14 @@ from hypothesis import strategies as st
 import dit_cache_backend as dcb
 from dit_cache_backend.budget import budget_steps, warmup_steps
 from dit_cache_backend.errors import ConfigError
-from dit_cache_backend.policy import BRANCHES, COND, UNCOND, CallIdentity, PolicySettings, StepPolicy
+from dit_cache_backend.policy import (
+    BRANCHES,
+    COND,
+    UNCOND,
+    CallIdentity,
+    PolicySettings,
+    StepPolicy,
+)
 from dit_cache_backend.tiny_model import tiny_flux_inputs, tiny_flux_pipeline
 
 
@@ -19,7 +26,9 @@ def run_request(policy: StepPolicy, steps: int, diffs, branches=(COND,)):
     for step in range(steps):
         for branch in branches:
             policy.begin_call(CallIdentity(branch=branch, step=step))
-            cached, _, _ = policy.decide(lambda: diffs[step], has_reference=step > 0, same_shape=True)
+            cached, _, _ = policy.decide(
+                lambda: diffs[step], has_reference=step > 0, same_shape=True
+            )
             if cached:
                 policy.mark_cached()
             else:
@@ -28,20 +37,30 @@ def run_request(policy: StepPolicy, steps: int, diffs, branches=(COND,)):
 
 
 def test_a_budget_count_caps_the_computed_steps_of_a_request():
-    policy = StepPolicy(PolicySettings(max_warmup_steps=2, threshold=0.0, num_inference_steps=10, compute_budget=4))
+    policy = StepPolicy(
+        PolicySettings(max_warmup_steps=2, threshold=0.0, num_inference_steps=10, compute_budget=4)
+    )
     # threshold 0 would compute every step; the budget caps it at 4 (the 2 warmup steps included).
     assert run_request(policy, 10, [0.5] * 10)[COND] == [0, 1, 2, 3]
 
 
 def test_an_unspent_budget_computes_the_last_steps():
-    policy = StepPolicy(PolicySettings(max_warmup_steps=2, threshold=0.9, num_inference_steps=10, compute_budget=5))
+    policy = StepPolicy(
+        PolicySettings(max_warmup_steps=2, threshold=0.9, num_inference_steps=10, compute_budget=5)
+    )
     # diffs below the threshold would cache all 8 free steps; the budget is spent on the last 3.
     assert run_request(policy, 10, [0.01] * 10)[COND] == [0, 1, 7, 8, 9]
 
 
 def test_warmup_steps_ahead_are_reserved_from_the_budget():
     policy = StepPolicy(
-        PolicySettings(max_warmup_steps=5, warmup_interval=2, threshold=0.0, num_inference_steps=8, compute_budget=4)
+        PolicySettings(
+            max_warmup_steps=5,
+            warmup_interval=2,
+            threshold=0.0,
+            num_inference_steps=8,
+            compute_budget=4,
+        )
     )
     # warmup steps are 0, 2, 4: step 1 may spend only the 1 step left beyond them, step 3 none.
     assert run_request(policy, 8, [0.5] * 8)[COND] == [0, 1, 2, 4]
@@ -49,7 +68,9 @@ def test_warmup_steps_ahead_are_reserved_from_the_budget():
 
 def scale_after(diffs):
     """The budget's threshold scale at the step after ``diffs`` (planned: 5 of 10 steps)."""
-    policy = StepPolicy(PolicySettings(max_warmup_steps=0, threshold=0.1, num_inference_steps=10, compute_budget=5))
+    policy = StepPolicy(
+        PolicySettings(max_warmup_steps=0, threshold=0.1, num_inference_steps=10, compute_budget=5)
+    )
     run_request(policy, len(diffs), diffs)
     policy.begin_call(CallIdentity(branch=COND, step=len(diffs)))
     return policy.budget_scale()
@@ -64,7 +85,13 @@ def test_the_threshold_relaxes_after_overspending_and_tightens_after_saving():
 
 def test_each_cfg_branch_has_its_own_budget():
     policy = StepPolicy(
-        PolicySettings(max_warmup_steps=1, threshold=0.0, separate_cfg=True, num_inference_steps=6, compute_budget=3)
+        PolicySettings(
+            max_warmup_steps=1,
+            threshold=0.0,
+            separate_cfg=True,
+            num_inference_steps=6,
+            compute_budget=3,
+        )
     )
     computed = run_request(policy, 6, [0.5] * 6, branches=BRANCHES)
     assert computed == {COND: [0, 1, 2], UNCOND: [0, 1, 2]}
@@ -141,8 +168,11 @@ def computed_steps(pipe, steps):
 def test_the_engine_keeps_a_fraction_budget_on_every_request_length():
     pipe = tiny_flux_pipeline()
     config = dcb.DBCacheConfig(
-        Fn_compute_blocks=1, max_warmup_steps=2, residual_diff_threshold=0.0,
-        num_inference_steps=12, compute_budget=0.34,
+        Fn_compute_blocks=1,
+        max_warmup_steps=2,
+        residual_diff_threshold=0.0,
+        num_inference_steps=12,
+        compute_budget=0.34,
     )
     dcb.enable_cache(pipe, cache_config=config)
     generate(pipe, 12)

@@ -20,7 +20,15 @@ COMMON = ["calibrate", "--model", "tiny", "--steps", str(STEPS), "--warmup", "2"
 def workload():
     torch.set_num_threads(1)
     args = argparse.Namespace(
-        model="tiny", device=None, dtype=None, batch=2, seed=0, steps=STEPS, prompt="", height=None, width=None
+        model="tiny",
+        device=None,
+        dtype=None,
+        batch=2,
+        seed=0,
+        steps=STEPS,
+        prompt="",
+        height=None,
+        width=None,
     )
     return build_workload(args)
 
@@ -58,7 +66,9 @@ def test_a_psnr_target_writes_a_config_that_reaches_it_with_fewer_steps(tmp_path
 
 def test_the_magnitude_signal_is_written_with_its_calibrated_ratios(tmp_path):
     path = tmp_path / "magnitude.yaml"
-    assert main([*COMMON, "--signal", "magnitude", "--target-budget", "0.6", "--out", str(path)]) == 0
+    assert (
+        main([*COMMON, "--signal", "magnitude", "--target-budget", "0.6", "--out", str(path)]) == 0
+    )
     cache = load_configs(str(path))["cache_config"]
     assert cache.decision_signal == "magnitude"
     assert len(cache.signal_mag_ratios) == STEPS and cache.signal_mag_ratios[0] == 1.0

@@ -6,7 +6,13 @@ import torch
 import dit_cache_backend as dcb
 from dit_cache_backend.config import load_configs
 from dit_cache_backend.config.extensions import DECISION_SIGNALS
-from dit_cache_backend.context import SIGNALS, DBCacheContext, low_pass, relative_l1, stretched_index
+from dit_cache_backend.context import (
+    SIGNALS,
+    DBCacheContext,
+    low_pass,
+    relative_l1,
+    stretched_index,
+)
 from dit_cache_backend.errors import ConfigError, UnknownKeyError
 from dit_cache_backend.tiny_model import tiny_flux_inputs, tiny_flux_pipeline
 
@@ -39,7 +45,9 @@ def test_lowpass_signal_ignores_high_frequency_changes_that_relative_l1_sees():
     current = tokens([s - 0.5 * a for s, a in zip(SMOOTH, ALTERNATING)])
     context = context_for(decision_signal="lowpass_l1")
     assert relative_l1(reference, current) > 0.5
-    assert SIGNALS["lowpass_l1"].measure(context, reference, current) == pytest.approx(0.0, abs=1e-5)
+    assert SIGNALS["lowpass_l1"].measure(context, reference, current) == pytest.approx(
+        0.0, abs=1e-5
+    )
 
 
 def step(context, residual):
@@ -66,7 +74,10 @@ def test_magnitude_accumulates_the_error_of_the_norm_ratio_product_since_the_las
 def test_calibrated_magnitude_ratios_replace_the_measured_ones():
     ratios = [1.0, 1.0, 1.3, 1.0]
     context = context_for(
-        decision_signal="magnitude", signal_mag_ratios=ratios, residual_diff_threshold=0.2, num_inference_steps=4
+        decision_signal="magnitude",
+        signal_mag_ratios=ratios,
+        residual_diff_threshold=0.2,
+        num_inference_steps=4,
     )
     outcomes = [step(context, tokens([1.0] * 4))[:2] for _ in range(4)]
     assert outcomes == [(False, "no_reference"), (True, "diff"), (False, "diff"), (True, "diff")]
@@ -98,7 +109,12 @@ def test_a_misspelled_extension_key_suggests_ours():
 
 @pytest.mark.parametrize(
     "key, value",
-    [("signal_lowpass_ratio", 0.0), ("signal_lowpass_ratio", 1.5), ("signal_mag_ratios", []), ("signal_mag_ratios", [1.0, -1.0])],
+    [
+        ("signal_lowpass_ratio", 0.0),
+        ("signal_lowpass_ratio", 1.5),
+        ("signal_mag_ratios", []),
+        ("signal_mag_ratios", [1.0, -1.0]),
+    ],
 )
 def test_invalid_signal_settings_name_the_key(key, value):
     with pytest.raises(ConfigError, match=key):
@@ -112,7 +128,11 @@ def test_yaml_with_our_keys_loads(tmp_path):
         "  max_warmup_steps: 2\n  compute_budget: 4\n"
     )
     cache = load_configs(str(path))["cache_config"]
-    assert (cache.decision_signal, cache.signal_lowpass_ratio, cache.compute_budget) == ("lowpass_l1", 0.5, 4)
+    assert (cache.decision_signal, cache.signal_lowpass_ratio, cache.compute_budget) == (
+        "lowpass_l1",
+        0.5,
+        4,
+    )
 
 
 @pytest.mark.parametrize("signal", DECISION_SIGNALS)

@@ -31,12 +31,16 @@ def _check_unit_fraction(key: str, value: Any) -> None:
 
 
 def _check_positive_reals(key: str, value: Any) -> None:
-    if not isinstance(value, (list, tuple)) or not value or not all(
-        isinstance(item, numbers.Real)
-        and not isinstance(item, bool)
-        and math.isfinite(item)
-        and item > 0
-        for item in value
+    if (
+        not isinstance(value, (list, tuple))
+        or not value
+        or not all(
+            isinstance(item, numbers.Real)
+            and not isinstance(item, bool)
+            and math.isfinite(item)
+            and item > 0
+            for item in value
+        )
     ):
         raise ConfigError(key, value, "a non-empty list of finite real numbers > 0 (one per step)")
 
@@ -59,7 +63,7 @@ def extensions_set(config: Any) -> Dict[str, Any]:
 
 
 def extension_tag(config: Any) -> str:
-    """``_SIGmagnitude_CB0.33``-style suffix of a strify tag for the extensions set (empty when off)."""
+    """The strify suffix of the extensions set, e.g. ``_SIGmagnitude_CB0.33`` (empty when off)."""
     set_here = extensions_set(config)
     tag = ""
     if "decision_signal" in set_here or "signal_lowpass_ratio" in set_here:
