@@ -38,8 +38,10 @@ from dit_cache_backend.bench import (
 from dit_cache_backend.bench.report import FRACTIONS
 
 # Every peer except the attention-only ones, which run every block's MLP at every step and so
-# never reach N/2 computed steps (run them with --peers pab fastercache to see their PSNR).
-DEFAULT_PEERS = [name for name in PEERS if name not in ("pab", "fastercache")]
+# never reach N/2 computed steps (run them with --peers pab fastercache to see their PSNR), and
+# except our decision signals and budgets (--signals adds them).
+SIGNAL_PEERS = [name for name in PEERS if name.endswith("-signals")]
+DEFAULT_PEERS = [n for n in PEERS if n not in ("pab", "fastercache") and n not in SIGNAL_PEERS]
 
 
 def workload_args(model: str, steps: int, threads: int) -> argparse.Namespace:
@@ -178,6 +180,8 @@ def main() -> None:
         return
 
     torch.set_num_threads(args.threads)
+    if args.signals:
+        args.peers = list(args.peers) + [name for name in SIGNAL_PEERS if name not in args.peers]
     data: Dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": {}}
     for model in args.model:
         for steps in args.steps:

@@ -191,6 +191,48 @@ def _dbcache_peer(engine: str, calibrator: str, grid: DBCacheGrid) -> Peer:
     )
 
 
+# Our decision signals and compute budgets (docs/quality.md "Decision signals and compute
+# budget"), on the same DBCache grid: each signal alone, and under each budget (MC -1 only).
+SIGNALS: Dict[str, Dict[str, Any]] = {
+    "lowpass": {"decision_signal": "lowpass_l1"},
+    "magnitude": {"decision_signal": "magnitude"},
+}
+BUDGETS = (0.5, 0.3334, 0.25)
+
+
+def _signals_peer(calibrator: str, grid: DBCacheGrid) -> Peer:
+    def candidates(workload: Workload, _targets: Sequence[int]) -> List[Candidate]:
+        module = _ours_module()
+        signals: Dict[str, Dict[str, Any]] = {"l1": {}, **SIGNALS}
+        if callable(getattr(workload.transformer, "enable_cache", None)):
+            ratios = mag_ratios(workload)  # MagCache's own calibration, as its peer uses
+            signals["magnitude-cal"] = {"decision_signal": "magnitude", "signal_mag_ratios": ratios}
+        found = []
+        for section in grid.sections(calibrator):
+            for name, extra in signals.items():
+                variants = [(f"ours {calibrator} {name}", {**section, **extra})] if extra else []
+                if section["max_continuous_cached_steps"] == -1:
+                    variants += [
+                        (
+                            f"ours {calibrator} {name} budget",
+                            {
+                                **section,
+                                **extra,
+                                "compute_budget": budget,
+                                "num_inference_steps": workload.total_steps,
+                            },
+                        )
+                        for budget in BUDGETS
+                    ]
+                found += [
+                    engine_candidate(module, workload, method, "ours", {"cache_config": config})
+                    for method, config in variants
+                ]
+        return found
+
+    return Peer(f"ours-{calibrator}-signals", candidates)
+
+
 def _needs_mixin(*config_names: str) -> Callable[[Workload], Optional[str]]:
     def unavailable(workload: Workload) -> Optional[str]:
         if not callable(getattr(workload.transformer, "enable_cache", None)):
@@ -461,6 +503,7 @@ def make_peers(grid: DBCacheGrid = GRIDS["full"]) -> Dict[str, Peer]:
     """Every peer by name; ``grid`` is the DBCache sweep of ours and cache-dit."""
     peers = [
         *(_dbcache_peer("ours", c, grid) for c in CALIBRATORS),
+        *(_signals_peer(c, grid) for c in CALIBRATORS),
         *(_dbcache_peer("cache-dit", c, grid) for c in CALIBRATORS if c != "reuse"),
         Peer("fbc", _fbc, _needs_mixin("FirstBlockCacheConfig")),
         Peer("taylorseer-lite", _taylorseer(True), _needs_mixin("TaylorSeerCacheConfig")),

@@ -287,7 +287,8 @@ def frontier_markdown(runs: Dict[str, Dict[str, Any]], fractions: Sequence[int] 
     """One table per (model, steps): best PSNR dB / SSIM (computed steps) at <= N/k."""
     lines = []
     for entry in runs.values():
-        model, steps = entry["model"], entry["steps"]
+        # "family": files written before the sweeps moved into the bench (same layout otherwise).
+        model, steps = entry.get("model", entry.get("family")), entry["steps"]
         lines.append(f"\n### {model}, {steps} steps (reference: uncached {steps} steps)\n")
         lines.append(
             "| method | " + " | ".join(f"≤ {steps}/{k} = {steps / k:.1f}" for k in fractions) + " |"
@@ -375,7 +376,7 @@ def write_pareto(runs: Dict[str, Dict[str, Any]], path: Path, ceiling: float = 9
             axis.axvline(steps / k, color="grey", linestyle=":", linewidth=0.8)
         # The matched-compute region: up to half the steps, where the tables compare.
         axis.set_xlim(0, steps / 2 + 1)
-        axis.set_title(f"{entry['model']}, {steps} steps")
+        axis.set_title(f"{entry.get('model', entry.get('family'))}, {steps} steps")
         axis.set_xlabel("computed transformer steps")
         axis.set_ylabel("PSNR dB vs uncached")
         axis.grid(alpha=0.3)
