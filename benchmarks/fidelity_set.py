@@ -35,13 +35,35 @@ from dit_cache_backend.bench import (
     sweep,
     write_pareto,
 )
+from dit_cache_backend.bench.peers import CALIBRATORS
 from dit_cache_backend.bench.report import FRACTIONS
 
 # Every peer except the attention-only ones, which run every block's MLP at every step and so
 # never reach N/2 computed steps (run them with --peers pab fastercache to see their PSNR), and
 # except our decision signals and budgets (--signals adds them).
-SIGNAL_PEERS = [name for name in PEERS if name.endswith("-signals")]
-DEFAULT_PEERS = [n for n in PEERS if n not in ("pab", "fastercache") and n not in SIGNAL_PEERS]
+DEFAULT_PEERS = [
+    name for name in PEERS if name not in ("pab", "fastercache") and not name.endswith("-signals")
+]
+
+
+FAMILY_NAMES = {"flux": "tiny"}  # tiny_zoo family → the bench's workload name
+# Peer groups: "ours" / "cache-dit" are their DBCache sweeps with --calibrators; "diffusers" is
+# every diffusers cache that skips whole steps.
+GROUPS = {
+    "ours": lambda cals: [f"ours-{c}" for c in cals],
+    "cache-dit": lambda cals: [f"cache-dit-{c}" for c in cals if f"cache-dit-{c}" in PEERS],
+    "diffusers": lambda cals: ["fbc", "taylorseer-lite", "taylorseer-full", "magcache", "seacache"],
+}
+
+
+def expand_peers(names: List[str], calibrators: List[str], signals: bool) -> List[str]:
+    """Peer names with the groups expanded, plus ours-<cal>-signals for --signals; in order, once."""
+    expanded: List[str] = []
+    for name in names:
+        expanded += GROUPS[name](calibrators) if name in GROUPS else [name]
+    if signals:
+        expanded += [f"ours-{c}-signals" for c in calibrators]
+    return list(dict.fromkeys(expanded))
 
 
 def workload_args(model: str, steps: int, threads: int) -> argparse.Namespace:
@@ -145,10 +167,35 @@ def pick_presets(runs: Dict[str, Any], engine: str = "ours") -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", nargs="+", default=list(TRAINED), choices=list(TRAINED))
+    parser.add_argument(
+        "--model",
+        "--family",
+        nargs="+",
+        default=list(TRAINED),
+        choices=[*TRAINED, *FAMILY_NAMES],
+        help="the bench's trained workloads (--family flux is --model tiny)",
+    )
     parser.add_argument("--steps", nargs="+", type=int, default=[28, 50])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--peers", nargs="+", default=DEFAULT_PEERS, choices=list(PEERS))
+    parser.add_argument(
+        "--peers",
+        nargs="+",
+        default=DEFAULT_PEERS,
+        choices=[*PEERS, *GROUPS],
+        help=f"peers of bench/peers.py, or the groups {', '.join(GROUPS)}",
+    )
+    parser.add_argument(
+        "--calibrators",
+        nargs="+",
+        default=list(CALIBRATORS),
+        choices=list(CALIBRATORS),
+        help="the calibrators of the ours / cache-dit groups and of --signals",
+    )
+    parser.add_argument(
+        "--signals",
+        action="store_true",
+        help="also ours with each decision signal and compute budget (ours-<cal>-signals)",
+    )
     parser.add_argument(
         "--grid",
         default="full",
@@ -180,8 +227,8 @@ def main() -> None:
         return
 
     torch.set_num_threads(args.threads)
-    if args.signals:
-        args.peers = list(args.peers) + [name for name in SIGNAL_PEERS if name not in args.peers]
+    args.model = [FAMILY_NAMES.get(model, model) for model in args.model]
+    args.peers = expand_peers(args.peers, args.calibrators, args.signals)
     data: Dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": {}}
     for model in args.model:
         for steps in args.steps:
