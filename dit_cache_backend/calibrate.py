@@ -126,8 +126,8 @@ class Calibration:
 
     def threshold_for(self, budget: int) -> float:
         """The largest-spending threshold whose recorded schedule stays within ``budget``
-        (bisection on a log scale; thresholds are between 1e-4 and 10)."""
-        low, high = math.log(1e-4), math.log(10.0)
+        (bisection on a log scale between 1e-4 and 0.99: from 1 on, every step would cache)."""
+        low, high = math.log(1e-4), math.log(0.99)
         if self.computed_at(math.exp(low)) <= budget:
             return round(math.exp(low), 6)
         for _ in range(40):
