@@ -107,10 +107,12 @@ def as_images(latents: torch.Tensor) -> torch.Tensor:
     return latents.permute(0, 2, 3, 4, 1).reshape(batch * frames, height, width, channels)
 
 
-def dbcache_configs(calibrators: List[str]) -> Iterator[Tuple[str, Dict[str, Any]]]:
+def dbcache_configs(
+    calibrators: List[str], warmups: Tuple[int, ...] = WARMUPS
+) -> Iterator[Tuple[str, Dict[str, Any]]]:
     for name in calibrators:
         calibrator = CALIBRATORS[name]
-        for warmup in WARMUPS:
+        for warmup in warmups:
             for continuous in CONTINUOUS:
                 for threshold in THRESHOLDS:
                     cache = {
@@ -133,10 +135,12 @@ SIGNALS: Dict[str, Dict[str, Any]] = {
 BUDGETS = (0.5, 0.3334, 0.25)
 
 
-def signal_configs(calibrators: List[str], steps: int, ratios: List[float]) -> Iterator[Tuple[str, Dict[str, Any]]]:
+def signal_configs(
+    calibrators: List[str], steps: int, ratios: List[float], warmups: Tuple[int, ...]
+) -> Iterator[Tuple[str, Dict[str, Any]]]:
     """Each signal (and MagCache-calibrated magnitude ratios) alone, and under each budget."""
     signals = {**SIGNALS, "magnitude-cal": {"decision_signal": "magnitude", "signal_mag_ratios": ratios}}
-    for calibrator, cache in dbcache_configs(calibrators):
+    for calibrator, cache in dbcache_configs(calibrators, warmups):
         for name, extra in signals.items():
             if extra:
                 yield f"{calibrator} {name}", {**cache, **extra}
@@ -299,6 +303,7 @@ def main() -> None:
     parser.add_argument(
         "--signals", action="store_true", help="also ours with each decision signal and compute budget"
     )
+    parser.add_argument("--warmups", nargs="+", type=int, help=f"--signals' max_warmup_steps grid (default {WARMUPS})")
     parser.add_argument("--out", type=Path, default=Path("fidelity_set.json"))
     parser.add_argument("--report", type=Path, nargs="+", help="print the tables of earlier --out files")
     args = parser.parse_args()
@@ -329,7 +334,8 @@ def main() -> None:
             if "ours" in args.peers:
                 results += run_engine(runner, dcb, "ours", args.calibrators)
             if args.signals:
-                configs = signal_configs(args.calibrators, steps, mag_ratios(runner))
+                warmups = tuple(args.warmups or WARMUPS)
+                configs = signal_configs(args.calibrators, steps, mag_ratios(runner), warmups)
                 results += run_engine(runner, dcb, "ours", args.calibrators, configs)
             if "cache-dit" in args.peers:
                 import cache_dit
