@@ -256,7 +256,7 @@ def add_calibrate_parser(sub: Any) -> None:
     parser.add_argument("--signal", default="relative_l1", choices=DECISION_SIGNALS)
     parser.add_argument("--fn", type=int, default=1, help="Fn_compute_blocks")
     parser.add_argument("--bn", type=int, default=0, help="Bn_compute_blocks")
-    parser.add_argument("--warmup", type=int, default=4, help="max_warmup_steps")
+    parser.add_argument("--warmup", type=int, default=2, help="max_warmup_steps")
     parser.add_argument("--out", default="calibrated.yaml")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (0: leave)")
     parser.add_argument("--device", default=None)
