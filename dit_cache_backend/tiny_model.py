@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -217,20 +217,29 @@ def first_block_residual_diffs(pipe: FluxPipeline, **call_kwargs: Any) -> list[f
     ``mean|r_i - r_{i-1}| / mean|r_{i-1}|`` for step ``i >= 1``, the quantity diffusers'
     FirstBlockCache (and DBCache with Fn=1) compares with its threshold.
     """
-    block = pipe.transformer.transformer_blocks[0]
+    return block_residual_diffs(pipe.transformer.transformer_blocks[0], lambda: pipe(**call_kwargs))
+
+
+def block_residual_diffs(
+    block: torch.nn.Module, run: Callable[[], Any], calls_per_step: int = 1
+) -> list[float]:
+    """The relative L1 change of ``block``'s residual from step to step while ``run()`` runs.
+
+    A block returning a tuple (Flux: ``(encoder_hidden_states, hidden_states)``) has its image
+    stream last. With ``calls_per_step`` calls a step (separate CFG), the first call's residuals
+    are compared: the conditional branch's.
+    """
     residuals: list[torch.Tensor] = []
 
     def hook(_module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         hidden_in = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        # FluxTransformerBlock returns (encoder_hidden_states, hidden_states).
-        residuals.append((output[1] - hidden_in).detach().float())
+        hidden_out = output[-1] if isinstance(output, tuple) else output
+        residuals.append((hidden_out - hidden_in).detach().float())
 
     handle = block.register_forward_hook(hook, with_kwargs=True)
     try:
-        pipe(**call_kwargs)
+        run()
     finally:
         handle.remove()
-    return [
-        ((cur - prev).abs().mean() / prev.abs().mean()).item()
-        for prev, cur in zip(residuals, residuals[1:])
-    ]
+    branch = residuals[::calls_per_step]
+    return [((cur - prev).abs().mean() / prev.abs().mean()).item() for prev, cur in zip(branch, branch[1:])]

@@ -2,7 +2,10 @@
 
 * ``flux`` — the tiny Flux of :mod:`dit_cache_backend.tiny_model` (plane-wave classes);
 * ``qwen-image`` — a ``QwenImageTransformer2DModel`` in a real ``QwenImagePipeline``, trained on
-  Gaussian-blob classes (4 latent channels, 16 x 16, packed into 64 tokens of 16 channels).
+  Gaussian-blob classes (4 latent channels, 16 x 16, packed into 64 tokens of 16 channels);
+* ``wan`` — a ``WanTransformer3DModel`` in a real ``WanPipeline`` (Wan 2.1's UniPC flow scheduler,
+  classifier-free guidance: two transformer calls per step), trained on videos of Gaussian blobs
+  moving across 4 latent frames (4 channels, 8 x 8, 64 tokens of 16 values).
 
 Each model was trained once by ``scripts/train_tiny_family.py`` (rectified flow on CPU, minutes)
 and ships as one safetensors asset under ``dit_cache_backend/assets`` (< 2 MB): transformer
@@ -67,6 +70,43 @@ QWEN_SCHEDULER_CONFIG: Dict[str, Any] = {
 QWEN_IMAGE_SIZE = 64  # pixels; the VAE downsamples by 4: a 16 x 16 latent, 64 packed tokens
 QWEN_LATENT = (4, 16, 16)  # channels, height, width
 
+WAN_TRANSFORMER_CONFIG: Dict[str, Any] = {
+    "patch_size": (1, 2, 2),
+    # 64 wide: at 32 (2 heads) the model learned 3x slower and had not converged in 1500 steps.
+    "num_attention_heads": 4,
+    "attention_head_dim": 16,
+    "in_channels": 4,
+    "out_channels": 4,
+    "text_dim": 16,  # the width of the prompt embeddings the pipeline passes through unchanged
+    "freq_dim": 64,
+    "ffn_dim": 128,
+    "num_layers": 6,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "rope_max_seq_len": 32,
+}
+# The VAE's real factors (2 down-samplings in space, one in time). AutoencoderKLWan's defaults
+# (4 and 8) are those of Wan 2.1's VAE, and WanPipeline reads them from the config.
+WAN_VAE_CONFIG: Dict[str, Any] = {
+    **QWEN_VAE_CONFIG,
+    "scale_factor_temporal": 2,
+    "scale_factor_spatial": 4,
+}
+# Wan 2.1's scheduler config (UniPC, flow prediction, flow shift 3): the transformer gets the
+# timestep sigma * 1000 and predicts the velocity eps - x0.
+WAN_SCHEDULER_CONFIG: Dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "prediction_type": "flow_prediction",
+    "use_flow_sigmas": True,
+    "flow_shift": 3.0,
+    "solver_order": 2,
+    "solver_type": "bh2",
+    "final_sigmas_type": "zero",
+}
+WAN_VIDEO = (7, 32, 32)  # frames, height, width in pixels
+WAN_LATENT = (4, 4, 8, 8)  # channels, latent frames, height, width
+WAN_GUIDANCE_SCALE = 5.0  # WanPipeline's default
+
 @dataclasses.dataclass(frozen=True)
 class TinyFamily:
     """One trained tiny model: how to build its pipeline and call it for a class."""
@@ -77,6 +117,8 @@ class TinyFamily:
     build_pipeline: Callable[[bool], Any]  # pretrained -> pipeline
     call_kwargs: Callable[..., Dict[str, Any]]  # (class_id, batch_size, seed, steps) -> kwargs
     output_of: Callable[[Any], torch.Tensor]  # the pipeline's return value -> latents
+    separate_cfg: bool = False  # one transformer call per branch (cond, uncond) and step
+    blocks: str = "transformer_blocks"  # the transformer's ModuleList of blocks
 
 
 def _load(asset: Path) -> Dict[str, torch.Tensor]:
@@ -148,6 +190,20 @@ def _qwen_pipeline(pretrained: bool = True) -> Any:
     return pipe
 
 
+def _wan_pipeline(pretrained: bool = True) -> Any:
+    import diffusers
+
+    pipe = diffusers.WanPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=_seeded(lambda: diffusers.AutoencoderKLWan(**WAN_VAE_CONFIG), VAE_SEED),
+        transformer=tiny_transformer("wan", pretrained),
+        scheduler=diffusers.UniPCMultistepScheduler(**WAN_SCHEDULER_CONFIG),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def _class_batch(family: str, class_ids: List[int]) -> torch.Tensor:
     return class_embeddings(family)[class_ids].contiguous()
 
@@ -175,6 +231,26 @@ def _qwen_kwargs(
     }
 
 
+def _wan_kwargs(
+    class_id: int, batch_size: int = 1, *, seed: int = 0, num_inference_steps: int = 28
+) -> Dict[str, Any]:
+    _check_request(class_id, batch_size)
+    prompt_embeds = _class_batch("wan", [class_id] * batch_size)
+    frames, height, width = WAN_VIDEO
+    return {
+        "prompt_embeds": prompt_embeds,
+        # The training's null condition (dropped in 15 % of its batches): CFG's uncond branch.
+        "negative_prompt_embeds": torch.zeros_like(prompt_embeds),
+        "guidance_scale": WAN_GUIDANCE_SCALE,
+        "num_frames": frames,
+        "height": height,
+        "width": width,
+        "num_inference_steps": num_inference_steps,
+        "generator": torch.Generator("cpu").manual_seed(seed),
+        "output_type": "latent",
+    }
+
+
 def _flux_kwargs(
     class_id: int, batch_size: int = 1, *, seed: int = 0, num_inference_steps: int = 28
 ) -> Dict[str, Any]:
@@ -185,6 +261,7 @@ def _flux_kwargs(
 
 _TRANSFORMERS = {
     "qwen-image": ("QwenImageTransformer2DModel", QWEN_TRANSFORMER_CONFIG),
+    "wan": ("WanTransformer3DModel", WAN_TRANSFORMER_CONFIG),
 }
 
 FAMILIES: Dict[str, TinyFamily] = {
@@ -203,6 +280,16 @@ FAMILIES: Dict[str, TinyFamily] = {
         _qwen_pipeline,
         _qwen_kwargs,
         lambda result: result.images,
+    ),
+    "wan": TinyFamily(
+        "wan",
+        "tiny Wan 2.1 (WanPipeline), moving-blob videos of 4 latent frames, CFG: 2 calls per step",
+        ASSETS / "tiny_wan.safetensors",
+        _wan_pipeline,
+        _wan_kwargs,
+        lambda result: result.frames,
+        separate_cfg=True,
+        blocks="blocks",
     ),
 }
 
@@ -233,24 +320,16 @@ def generate(pipe: Any, family: str, **call_kwargs: Any) -> torch.Tensor:
 
 
 def first_block_residual_diffs(pipe: Any, family: str, **call_kwargs: Any) -> List[float]:
-    """Per step, the first block's relative L1 residual change (the FBC / DBCache F1 signal)."""
-    block = pipe.transformer.transformer_blocks[0]
-    residuals: List[torch.Tensor] = []
+    """Per step, the first block's relative L1 residual change (the FBC / DBCache F1 signal).
 
-    def hook(_module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        hidden_in = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        hidden_out = output[-1] if isinstance(output, tuple) else output
-        residuals.append((hidden_out - hidden_in).detach().float())
-
-    handle = block.register_forward_hook(hook, with_kwargs=True)
-    try:
-        generate(pipe, family, **call_kwargs)
-    finally:
-        handle.remove()
-    return [
-        ((cur - prev).abs().mean() / prev.abs().mean()).item()
-        for prev, cur in zip(residuals, residuals[1:])
-    ]
+    With classifier-free guidance (``wan``) it is the conditional branch's, step to step.
+    """
+    spec = FAMILIES[_family(family)]
+    return tiny_model.block_residual_diffs(
+        getattr(pipe.transformer, spec.blocks)[0],
+        lambda: generate(pipe, family, **call_kwargs),
+        calls_per_step=2 if spec.separate_cfg else 1,
+    )
 
 
 def _family(name: str) -> str:

@@ -21,14 +21,14 @@ versions: the asset is committed and CI never retrains.
 from __future__ import annotations
 
 import argparse
-import math
-import time
+import dataclasses
 from pathlib import Path
 from typing import Callable, Dict, Tuple
 
 import diffusers
 import torch
 from safetensors.torch import save_file
+from tiny_training import train_flow, training_record
 
 from dit_cache_backend import tiny_zoo as zoo
 
@@ -58,7 +58,7 @@ def qwen_prototypes(gen: torch.Generator) -> torch.Tensor:
     return diffusers.QwenImagePipeline._pack_latents(latents, zoo.NUM_CLASSES, channels, size, size)
 
 
-def qwen_forward(model: torch.nn.Module, x_t: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def qwen_forward(model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     _, size, _ = zoo.QWEN_LATENT
     batch = x_t.shape[0]
     return model(
@@ -71,78 +71,103 @@ def qwen_forward(model: torch.nn.Module, x_t: torch.Tensor, cond: torch.Tensor, 
     )[0]
 
 
-Forward = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-RECIPES: Dict[str, Tuple[Callable[[torch.Generator], torch.Tensor], Forward, int]] = {
-    # family: (prototypes, forward, text_dim)
-    "qwen-image": (qwen_prototypes, qwen_forward, zoo.QWEN_TRANSFORMER_CONFIG["joint_attention_dim"]),
+def wan_prototypes(gen: torch.Generator) -> torch.Tensor:
+    """``(8, 4, 4, 8, 8)``: per class and latent channel, 3 Gaussian blobs moving across the frames.
+
+    Each blob has a random centre, width, sign and a constant velocity of up to 1.5 latent pixels
+    per frame, on a periodic 8 x 8 grid (a blob leaving one side enters at the other).
+    """
+    channels, frames, size, _ = zoo.WAN_LATENT
+    coords = torch.arange(size, dtype=torch.float32)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+
+    def wrapped(d: torch.Tensor) -> torch.Tensor:
+        return torch.remainder(d + size / 2, size) - size / 2
+
+    latents = torch.zeros(zoo.NUM_CLASSES, channels, frames, size, size)
+    for k in range(zoo.NUM_CLASSES):
+        for c in range(channels):
+            for _blob in range(3):
+                cy, cx = (torch.rand(2, generator=gen) * size).tolist()
+                vy, vx = ((torch.rand(2, generator=gen) * 2 - 1) * 1.5).tolist()
+                width = 1.0 + 1.5 * torch.rand((), generator=gen).item()
+                sign = 1.0 if torch.rand((), generator=gen).item() < 0.5 else -1.0
+                for f in range(frames):
+                    dy, dx = wrapped(yy - cy - vy * f), wrapped(xx - cx - vx * f)
+                    latents[k, c, f] += sign * torch.exp(-(dy**2 + dx**2) / (2 * width**2))
+        latents[k] = _unit(latents[k])
+    return latents
+
+
+def wan_forward(model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    return model(
+        hidden_states=x_t,
+        timestep=t * 1000,  # WanPipeline passes the scheduler's timestep, sigma * 1000, unscaled
+        encoder_hidden_states=cond,
+        return_dict=False,
+    )[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    prototypes: Callable[[torch.Generator], torch.Tensor]
+    forward: Callable[..., torch.Tensor]
+    text_dim: int
+    null_condition: float = 0.0  # fraction of samples trained unconditionally (CFG pipelines)
+
+
+RECIPES: Dict[str, Recipe] = {
+    "qwen-image": Recipe(qwen_prototypes, qwen_forward, zoo.QWEN_TRANSFORMER_CONFIG["joint_attention_dim"]),
+    "wan": Recipe(wan_prototypes, wan_forward, zoo.WAN_TRANSFORMER_CONFIG["text_dim"], null_condition=0.15),
 }
 
 
-def lr_at(it: int, iters: int, lr: float, lr_min: float = 1e-4) -> float:
-    half = iters // 2
-    if it < half:
-        return lr
-    progress = (it - half) / max(1, iters - half)
-    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * progress))
-
-
-def train(family: str, iters: int, batch: int, lr: float) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
-    make_prototypes, forward, text_dim = RECIPES[family]
+def train(
+    family: str, iters: int, batch: int, lr: float
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    recipe = RECIPES[family]
     data_gen = torch.Generator().manual_seed(DATA_SEED)
-    prototypes = make_prototypes(data_gen)
-    embeds = torch.randn(zoo.NUM_CLASSES, zoo.TEXT_SEQ_LEN, text_dim, generator=data_gen)
+    prototypes = recipe.prototypes(data_gen)
+    embeds = torch.randn(zoo.NUM_CLASSES, zoo.TEXT_SEQ_LEN, recipe.text_dim, generator=data_gen)
     model = zoo.tiny_transformer(family, pretrained=False).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(TRAIN_SEED)
-    view = (batch,) + (1,) * (prototypes.dim() - 1)
-    start, ema = time.perf_counter(), None
-    for it in range(iters):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(it, iters, lr)
-        cls = torch.randint(zoo.NUM_CLASSES, (batch,), generator=gen)
-        x0 = prototypes[cls] + SAMPLE_NOISE * torch.randn((batch, *prototypes.shape[1:]), generator=gen)
-        eps = torch.randn(x0.shape, generator=gen)
-        t = torch.sigmoid(torch.randn(batch, generator=gen))
-        x_t = (1 - t.view(view)) * x0 + t.view(view) * eps
-        cond = embeds[cls]
-        loss = torch.nn.functional.mse_loss(forward(model, x_t, cond, t), eps - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        if it % 100 == 0 or it == iters - 1:
-            print(f"iter {it:5d}  loss {loss.item():.4f}  ema {ema:.4f}  {time.perf_counter() - start:6.1f}s", flush=True)
-    seconds = time.perf_counter() - start
+    seconds, ema = train_flow(
+        model,
+        prototypes,
+        [embeds],
+        recipe.forward,
+        iters=iters,
+        batch=batch,
+        lr=lr,
+        seed=TRAIN_SEED,
+        sample_noise=SAMPLE_NOISE,
+        null_condition=recipe.null_condition,
+    )
     tensors = {"transformer." + k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
     tensors[zoo.PROMPT_EMBEDS_KEY] = embeds
     tensors[zoo.PROTOTYPES_KEY] = prototypes.contiguous()
-    meta = {
-        "family": family,
-        "iterations": str(iters),
-        "batch_size": str(batch),
-        "lr": str(lr),
-        "train_seconds": f"{seconds:.1f}",
-        "threads": str(torch.get_num_threads()),
-        "final_loss_ema": f"{ema:.4f}",
-        "torch_version": torch.__version__,
-        "diffusers_version": diffusers.__version__,
-        "seeds": f"data={DATA_SEED} train={TRAIN_SEED} init={zoo.INIT_SEED}",
-    }
+    seeds = f"data={DATA_SEED} train={TRAIN_SEED} init={zoo.INIT_SEED}"
+    meta = {"family": family, **training_record(iters, batch, lr, seconds, ema, seeds)}
+    if recipe.null_condition:
+        meta["null_condition"] = str(recipe.null_condition)
     return tensors, meta
 
 
-def report(family: str) -> None:
-    """Reload the asset through the public API: diff profile and distance to the prototypes."""
+def report(family: str, asset: Path) -> None:
+    """Reload the written asset through the public API: diff profile and distance to the prototypes."""
+    # Point the family at the file just written (it may not be the packaged one).
+    zoo.FAMILIES[family] = dataclasses.replace(zoo.FAMILIES[family], asset=asset)
     pipe = zoo.tiny_pipeline(family)
     prototypes = zoo.class_prototypes(family)
     for cls in range(zoo.NUM_CLASSES):
         diffs = zoo.first_block_residual_diffs(pipe, family, **zoo.tiny_inputs(family, cls, seed=cls))
         out = zoo.generate(pipe, family, **zoo.tiny_inputs(family, cls, batch_size=2, seed=100 + cls))
-        rms = (out - prototypes[cls]).pow(2).flatten(1).mean(1).sqrt()
+        rms = (out[:, None] - prototypes[None]).pow(2).flatten(2).mean(2).sqrt()  # (sample, class)
         later = sorted(diffs[1:])
         print(
             f"class {cls}: step1 {diffs[0]:.3f} step2 {diffs[1]:.3f}, later median {later[len(later) // 2]:.3f} "
-            f"max {later[-1]:.3f}; RMS to prototype {rms.mean():.3f}"
+            f"max {later[-1]:.3f}; RMS to prototype {rms[:, cls].mean():.3f}, nearest other class "
+            f"{rms[:, [k for k in range(zoo.NUM_CLASSES) if k != cls]].min():.3f}, "
+            f"nearest classes {rms.argmin(1).tolist()}"
         )
         if cls == 0:
             print("class 0 diffs: " + " ".join(f"{d:.3f}" for d in diffs))
@@ -164,8 +189,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out), metadata=meta)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.3f} MB)")
-    if out == zoo.FAMILIES[args.family].asset:
-        report(args.family)
+    report(args.family, out)
 
 
 if __name__ == "__main__":

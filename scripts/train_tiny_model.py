@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from pathlib import Path
 
-import diffusers
 import torch
 from diffusers import AutoencoderKL, FluxPipeline
 from safetensors.torch import save_file
+from tiny_training import train_flow, training_record
 
 from dit_cache_backend import tiny_model as tm
 
@@ -66,13 +65,19 @@ def make_prototypes(gen: torch.Generator) -> torch.Tensor:
     return FluxPipeline._pack_latents(latents, tm.NUM_CLASSES, 1, size, size)
 
 
-def lr_at(it: int, iters: int, lr: float, lr_min: float) -> float:
-    # Constant for the first half (fast progress), cosine to lr_min after: lowers the final loss noise.
-    half = iters // 2
-    if it < half:
-        return lr
-    progress = (it - half) / max(1, iters - half)
-    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * progress))
+def flux_forward(
+    model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor
+) -> torch.Tensor:
+    grid = tm.IMAGE_SIZE // 2
+    return model(
+        hidden_states=x_t,
+        encoder_hidden_states=embeds,
+        pooled_projections=pooled,
+        timestep=t,  # FluxPipeline passes scheduler_timestep / 1000 = sigma
+        img_ids=FluxPipeline._prepare_latent_image_ids(1, grid, grid, "cpu", torch.float32),
+        txt_ids=torch.zeros(tm.TEXT_SEQ_LEN, 3),  # what FluxPipeline.encode_prompt uses
+        return_dict=False,
+    )[0]
 
 
 def train(iters: int, batch: int, lr: float) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -80,44 +85,18 @@ def train(iters: int, batch: int, lr: float) -> tuple[dict[str, torch.Tensor], d
     prototypes = make_prototypes(data_gen)
     prompt_embeds = torch.randn(tm.NUM_CLASSES, tm.TEXT_SEQ_LEN, 32, generator=data_gen)
     pooled = torch.randn(tm.NUM_CLASSES, 32, generator=data_gen)
-
     model = tm.tiny_flux_transformer(pretrained=False).train()
-    grid = tm.IMAGE_SIZE // 2
-    img_ids = FluxPipeline._prepare_latent_image_ids(1, grid, grid, "cpu", torch.float32)
-    txt_ids = torch.zeros(tm.TEXT_SEQ_LEN, 3)  # what FluxPipeline.encode_prompt uses
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-
-    gen = torch.Generator().manual_seed(TRAIN_SEED)
-    start = time.perf_counter()
-    ema_loss = None
-    for it in range(iters):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(it, iters, lr, 1e-4)
-        cls = torch.randint(tm.NUM_CLASSES, (batch,), generator=gen)
-        noise = torch.randn(batch, tm.NUM_TOKENS, tm.TOKEN_CHANNELS, generator=gen)
-        x0 = prototypes[cls] + SAMPLE_NOISE * noise
-        eps = torch.randn(x0.shape, generator=gen)
-        t = torch.sigmoid(torch.randn(batch, generator=gen))
-        x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
-        pred = model(
-            hidden_states=x_t,
-            encoder_hidden_states=prompt_embeds[cls],
-            pooled_projections=pooled[cls],
-            timestep=t,
-            img_ids=img_ids,
-            txt_ids=txt_ids,
-            return_dict=False,
-        )[0]
-        loss = torch.nn.functional.mse_loss(pred, eps - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
-        if it % 100 == 0 or it == iters - 1:
-            elapsed = time.perf_counter() - start
-            print(f"iter {it:5d}  loss {loss.item():.4f}  ema {ema_loss:.4f}  {elapsed:6.1f}s", flush=True)
-    seconds = time.perf_counter() - start
-    print(f"training done: {iters} iterations in {seconds:.1f}s, final loss (ema) {ema_loss:.4f}")
+    seconds, ema_loss = train_flow(
+        model,
+        prototypes,
+        [prompt_embeds, pooled],
+        flux_forward,
+        iters=iters,
+        batch=batch,
+        lr=lr,
+        seed=TRAIN_SEED,
+        sample_noise=SAMPLE_NOISE,
+    )
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(VAE_SEED)
@@ -129,16 +108,8 @@ def train(iters: int, batch: int, lr: float) -> tuple[dict[str, torch.Tensor], d
     tensors[tm.PROMPT_EMBEDS_KEY] = prompt_embeds
     tensors[tm.POOLED_EMBEDS_KEY] = pooled
     tensors[tm.PROTOTYPES_KEY] = prototypes.contiguous()
-    meta = {
-        "iterations": str(iters),
-        "batch_size": str(batch),
-        "lr": str(lr),
-        "train_seconds": f"{seconds:.1f}",
-        "final_loss_ema": f"{ema_loss:.4f}",
-        "torch_version": torch.__version__,
-        "diffusers_version": diffusers.__version__,
-        "seeds": f"data={DATA_SEED} train={TRAIN_SEED} init={tm.INIT_SEED} vae={VAE_SEED}",
-    }
+    seeds = f"data={DATA_SEED} train={TRAIN_SEED} init={tm.INIT_SEED} vae={VAE_SEED}"
+    meta = training_record(iters, batch, lr, seconds, ema_loss, seeds)
     return tensors, meta
 
 
