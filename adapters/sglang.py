@@ -40,8 +40,8 @@ from dit_cache_backend.backend import (
     refresh_target,
     request_mask,
 )
-from dit_cache_backend.errors import ConfigError, NotSupportedYetError
 from dit_cache_backend.config.framework import FrameworkCacheConfig
+from dit_cache_backend.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,9 @@ _INTEGRATION = "sglang.multimodal_gen.runtime.cache.cache_dit_integration"
 _DENOISING_STAGE = "sglang.multimodal_gen.runtime.pipelines_core.stages.denoising.DenoisingStage"
 _DIFFUSERS = "sglang.multimodal_gen.runtime.pipelines.diffusers_pipeline"
 
+# SGLang's CacheDitConfig fields that configure its DMD calibrator (DMDCalibratorConfig's names).
+DMD_FIELDS = ("dmd_history", "dmd_rank", "dmd_ridge", "dmd_svd_precision")
+
 # Where each field of SGLang's CacheDitConfig (or steps_mask argument) comes from: (env variable,
 # cache_dit_params key), to name them in error messages.
 _SOURCES: Dict[str, Tuple[str, str]] = {
@@ -62,6 +65,11 @@ _SOURCES: Dict[str, Tuple[str, str]] = {
     "residual_diff_threshold": ("SGLANG_CACHE_DIT_RDT", "residual_diff_threshold"),
     "max_continuous_cached_steps": ("SGLANG_CACHE_DIT_MC", "max_continuous_cached_steps"),
     "taylorseer_order": ("SGLANG_CACHE_DIT_TS_ORDER", "taylorseer_order"),
+    "enable_dmd": ("SGLANG_CACHE_DIT_DMD", "enable_dmd"),
+    "dmd_history": ("SGLANG_CACHE_DIT_DMD_HISTORY", "dmd_history"),
+    "dmd_rank": ("SGLANG_CACHE_DIT_DMD_RANK", "dmd_rank"),
+    "dmd_ridge": ("SGLANG_CACHE_DIT_DMD_RIDGE", "dmd_ridge"),
+    "dmd_svd_precision": ("SGLANG_CACHE_DIT_DMD_SVD_PRECISION", "dmd_svd_precision"),
     "steps_computation_policy": ("SGLANG_CACHE_DIT_SCM_POLICY", "scm_policy"),
     "steps_computation_mask": ("SGLANG_CACHE_DIT_SCM_PRESET", "scm_preset"),
     "mask_policy": ("SGLANG_CACHE_DIT_SCM_PRESET", "scm_preset"),
@@ -143,12 +151,7 @@ def _calibrator_settings(config: Any, label: str) -> Dict[str, Any]:
             "(or their SECONDARY_ variants) to true."
         )
     if config.enable_dmd:
-        raise NotSupportedYetError(
-            "enable_dmd",
-            True,
-            what_works="SGLANG_CACHE_DIT_TAYLORSEER=true (or enable_taylorseer) or no calibrator; "
-            f"or {SWITCH_ENV}=stock to use cache-dit's DMD",
-        )
+        return {"enable_dmd": True, **{key: getattr(config, key) for key in DMD_FIELDS}}
     return {"enable_taylorseer": bool(config.enable_taylorseer), "taylorseer_order": config.taylorseer_order}
 
 

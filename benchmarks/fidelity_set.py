@@ -53,7 +53,7 @@ class Runner:
     def __init__(self, family: str, steps: int) -> None:
         self.family, self.steps = family, steps
         self.pipe = zoo.tiny_pipeline(family)
-        self.calls_per_step = 2 if zoo.FAMILIES[family].separate_cfg else 1
+        self.calls_per_step = 2 if getattr(zoo.FAMILIES[family], "separate_cfg", False) else 1
         self.reference = self.generate(steps)
         self.range = float(self.reference.max() - self.reference.min())
 
@@ -124,9 +124,37 @@ def dbcache_configs(calibrators: List[str]) -> Iterator[Tuple[str, Dict[str, Any
                     yield name, cache
 
 
-def run_engine(runner: Runner, module: Any, label: str, calibrators: List[str]) -> List[Dict[str, Any]]:
-    results = []
+# Our decision signals and compute budgets (--signals), on the same DBCache grid.
+SIGNALS: Dict[str, Dict[str, Any]] = {
+    "l1": {},
+    "lowpass": {"decision_signal": "lowpass_l1"},
+    "magnitude": {"decision_signal": "magnitude"},
+}
+BUDGETS = (0.5, 0.3334, 0.25)
+
+
+def signal_configs(calibrators: List[str], steps: int, ratios: List[float]) -> Iterator[Tuple[str, Dict[str, Any]]]:
+    """Each signal (and MagCache-calibrated magnitude ratios) alone, and under each budget."""
+    signals = {**SIGNALS, "magnitude-cal": {"decision_signal": "magnitude", "signal_mag_ratios": ratios}}
     for calibrator, cache in dbcache_configs(calibrators):
+        for name, extra in signals.items():
+            if extra:
+                yield f"{calibrator} {name}", {**cache, **extra}
+            if cache["max_continuous_cached_steps"] == -1:
+                for budget in BUDGETS:
+                    budgeted = {**cache, **extra, "compute_budget": budget, "num_inference_steps": steps}
+                    yield f"{calibrator} {name} budget", budgeted
+
+
+def run_engine(
+    runner: Runner,
+    module: Any,
+    label: str,
+    calibrators: List[str],
+    configs: Optional[Iterator[Tuple[str, Dict[str, Any]]]] = None,
+) -> List[Dict[str, Any]]:
+    results = []
+    for calibrator, cache in configs or dbcache_configs(calibrators):
         config = {"cache_config": dict(cache)}
         if runner.calls_per_step == 2:
             config["cache_config"]["enable_separate_cfg"] = True
@@ -268,6 +296,9 @@ def main() -> None:
     parser.add_argument(
         "--cache-dit-calibrators", nargs="+", default=list(CALIBRATORS), choices=list(CALIBRATORS)
     )
+    parser.add_argument(
+        "--signals", action="store_true", help="also ours with each decision signal and compute budget"
+    )
     parser.add_argument("--out", type=Path, default=Path("fidelity_set.json"))
     parser.add_argument("--report", type=Path, nargs="+", help="print the tables of earlier --out files")
     args = parser.parse_args()
@@ -297,6 +328,9 @@ def main() -> None:
                 results += run_diffusers(runner)
             if "ours" in args.peers:
                 results += run_engine(runner, dcb, "ours", args.calibrators)
+            if args.signals:
+                configs = signal_configs(args.calibrators, steps, mag_ratios(runner))
+                results += run_engine(runner, dcb, "ours", args.calibrators, configs)
             if "cache-dit" in args.peers:
                 import cache_dit
 

@@ -89,6 +89,9 @@ class BlockAdapter:
     forward_pattern: Any = None
     params_modifiers: Any = None
     check_forward_pattern: Optional[bool] = None
+    # With the forward-pattern check on (and no accelerate/diffusers hooks wrapping the blocks):
+    # each block's annotated outputs must be as many tensors as the pattern returns.
+    check_num_outputs: bool = False
     patch_functor: Optional[PatchFunctor] = None
     has_separate_cfg: bool = False
     auto: bool = False
@@ -102,8 +105,12 @@ class BlockAdapter:
     # Ours: the block argument that carries the hidden stream (Z-Image's blocks take `x`).
     hidden_argument: str = HIDDEN
     encoder_argument: str = ENCODER
+    # cache-dit's: build without the construction-time check (enable_cache still validates).
+    skip_post_init: bool = False
 
     def __post_init__(self) -> None:
+        if self.skip_post_init:
+            return
         # An empty list caches nothing; say so now rather than fail later at enable_cache.
         if isinstance(self.blocks, (list, tuple, torch.nn.ModuleList)) and len(self.blocks) == 0:
             raise ConfigError(

@@ -207,8 +207,7 @@ class CachedBlocks(BlockListRunner):
             cached, reason = False, "nothing_cached"
         if cached:
             context.policy.mark_cached()
-        else:
-            context.store_fn_residual(fn_residual)
+        context.settle(fn_residual, cached)
         context.policy.record_decision(cached, reason, diff)
         return reused
 

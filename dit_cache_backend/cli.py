@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_bench_parser
 
     add_bench_parser(sub)  # dit-cache bench (dit_cache_backend/bench.py)
+    from .calibrate import add_calibrate_parser
+
+    add_calibrate_parser(sub)  # dit-cache calibrate (dit_cache_backend/calibrate.py)
     return parser
 
 

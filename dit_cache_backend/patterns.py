@@ -89,13 +89,10 @@ class ForwardPattern(enum.Enum):
 
     def signature_mismatch(self, block: torch.nn.Module) -> Optional[str]:
         """Why ``block``'s forward cannot follow this pattern, or None when it can."""
-        inner = getattr(block, "block", None)
-        if isinstance(inner, torch.nn.Module):
-            block = inner  # HiDream-style wrappers keep the real block in `.block`
-        try:
-            parameters = inspect.signature(block.forward).parameters
-        except (TypeError, ValueError):
+        block, signature = _forward_signature(block)
+        if signature is None:
             return None
+        parameters = signature.parameters
         missing = [name for name in self.In if name not in parameters]
         if missing:
             return (
@@ -103,3 +100,35 @@ class ForwardPattern(enum.Enum):
                 f"(it takes {list(parameters)})"
             )
         return None
+
+    def output_count_mismatch(self, block: torch.nn.Module) -> Optional[str]:
+        """Why ``block``'s annotated outputs do not fit this pattern, or None when they do.
+
+        cache-dit's rule (``check_num_outputs``): the outputs are the ``torch.Tensor``s named in
+        the forward's return annotation; a forward annotated with none is not checked.
+        """
+        block, signature = _forward_signature(block)
+        if signature is None:
+            return None
+        annotation = signature.return_annotation
+        returned = str(annotation).count("torch.Tensor")
+        if returned and returned != len(self.Out):
+            return (
+                f"{type(block).__name__}.forward is annotated to return {returned} tensor(s) "
+                f"({inspect.formatannotation(annotation)}); {self.name} returns "
+                f"{len(self.Out)} {list(self.Out)}"
+            )
+        return None
+
+
+def _forward_signature(
+    block: torch.nn.Module,
+) -> Tuple[torch.nn.Module, Optional[inspect.Signature]]:
+    """The block whose forward is checked, and that forward's signature (None: not inspectable)."""
+    inner = getattr(block, "block", None)
+    if isinstance(inner, torch.nn.Module):
+        block = inner  # HiDream-style wrappers keep the real block in `.block`
+    try:
+        return block, inspect.signature(block.forward)
+    except (TypeError, ValueError):
+        return block, None

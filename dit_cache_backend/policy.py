@@ -6,7 +6,9 @@ cache-dit 1.5.3 (spec §1.4): warmup → steps mask → max cached → max conti
 threshold, and the whole threshold rule after them (:meth:`StepPolicy.decide`): no reference, shape
 change, threshold ≥ 1, the CFG branch reusing the cond diff, a non-finite diff, ``diff < threshold``.
 DBCache (one decision per block list) and DBPrune (one per block) both decide here; the engine only
-measures the diff, through a callback, when the rule needs it.
+measures the diff (or the configured ``decision_signal``), through a callback, when the rule needs
+it. A DBCache ``compute_budget`` puts :meth:`StepPolicy.budget_gate` ahead of the gates and scales
+the threshold (:meth:`StepPolicy.budget_scale`); ``budget.py`` counts the steps.
 
 Call identity (rule 3 of DESIGN.md): when the caller says which branch (diffusers'
 ``cache_context("cond" | "uncond", step_index=...)``) or which step a call belongs to, that is used;
@@ -18,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from .budget import budget_steps, warmup_limit, warmup_steps
 
 COND = "cond"
 UNCOND = "uncond"
@@ -64,11 +68,18 @@ class BranchHistory:
     accumulated_diff: float = 0.0
     streak: int = 0
     accumulated_cached_steps: int = 0
+    calls: int = 0  # calls of this branch in this request (DBCache: one per step)
 
     def clear_request(self) -> None:
         self.cached_steps.clear()
         self.residual_diffs.clear()
         self.block_diffs.clear()
+        self.calls = 0
+
+    @property
+    def computed_before(self) -> int:
+        """Calls of this request computed before the current one (the budget's spending)."""
+        return max(0, self.calls - 1 - len(self.cached_steps))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +113,9 @@ class PolicySettings:
     force_refresh_step_hint: Optional[int] = None
     force_refresh_repeats: bool = False
     prune: Optional[PruneSettings] = None  # None: DBCache (one decision per block list)
+    # Computed steps allowed per CFG branch in this request (``compute_budget`` resolved for
+    # ``num_inference_steps``, warmup included); None: no budget.
+    compute_budget: Optional[int] = None
 
     @classmethod
     def from_config(cls, config: Any, separate_cfg: bool) -> "PolicySettings":
@@ -132,6 +146,7 @@ class PolicySettings:
             force_refresh_step_hint=config.force_refresh_step_hint,
             force_refresh_repeats=config.force_refresh_step_policy == "repeat",
             prune=prune,
+            compute_budget=budget_steps(config.compute_budget, config.num_inference_steps),
         )
 
     def partition(self, num_blocks: int) -> Tuple[int, int]:
@@ -147,17 +162,13 @@ class PolicySettings:
             [*range(front_end), *range(back_start, num_blocks), *(i for i in listed if i < num_blocks)]
         )
 
+    def warmup_steps(self, start: int, stop: int) -> int:
+        """How many warmup steps lie in ``[start, stop)`` (the budget reserves them)."""
+        return warmup_steps(self.warmup_limit(), self.warmup_interval, start, stop)
+
     def warmup_limit(self) -> int:
         """Steps before this one may be warmup; the mask's leading 1s bound it (they compute)."""
-        limit = self.max_warmup_steps
-        if self.mask is not None:
-            leading_ones = 0
-            for bit in self.mask:
-                if bit != 1:
-                    break
-                leading_ones += 1
-            limit = min(limit, leading_ones)
-        return limit
+        return warmup_limit(self.max_warmup_steps, self.mask)
 
 
 class StepPolicy:
@@ -246,6 +257,7 @@ class StepPolicy:
             for history in self.histories.values():
                 history.clear_request()
         history = self.history
+        history.calls += 1
         if not history.cached_steps or history.cached_steps[-1] != step - 1:
             history.streak = 0
 
@@ -301,7 +313,9 @@ class StepPolicy:
         against the reference and is only called when the rule needs it; ``has_reference`` and
         ``same_shape`` say whether a reference exists and matches the current shape.
         """
-        settled = self.gate()
+        settled = self.budget_gate(has_reference and same_shape) if block is None else None
+        if settled is None:
+            settled = self.gate()
         if settled is not None:
             return settled[0], settled[1], None
         if self.settings.threshold <= 0:
@@ -322,7 +336,50 @@ class StepPolicy:
         if not math.isfinite(diff):
             return False, "nonfinite_diff", None
         self._record(diff, block)
-        return diff < threshold, "diff", diff
+        return diff < threshold * self.budget_scale(), "diff", diff
+
+    # -- compute budget --------------------------------------------------------------------------
+
+    def _budget_position(self) -> Optional[Tuple[int, Optional[int]]]:
+        """``(spendable, steps left)`` for this non-warmup call of a budgeted request: computes the
+        branch may still spend beyond the warmup steps ahead, and the non-warmup steps from this
+        one to the request's end (None when the step count is unknown). None: no budget applies."""
+        settings = self.settings
+        if settings.compute_budget is None or self.is_warmup(self.step):
+            return None
+        steps = settings.num_inference_steps
+        horizon = self.step + 1 if steps is None else steps
+        ahead = settings.warmup_steps(self.step + 1, horizon)
+        spendable = settings.compute_budget - self.history.computed_before - ahead
+        left = None if steps is None else steps - self.step - ahead
+        return spendable, left
+
+    def budget_gate(self, reusable: bool) -> Optional[Tuple[bool, str]]:
+        """The budget's hard edges, ahead of every other gate: reuse once the budget is spent
+        (when there is something to reuse), compute when the budget covers every step left."""
+        position = self._budget_position()
+        if position is None:
+            return None
+        spendable, left = position
+        if spendable <= 0:
+            return (True, "budget_spent") if reusable else None
+        if left is not None and spendable >= left:
+            return False, "budget_covers_rest"
+        return None
+
+    def budget_scale(self) -> float:
+        """How much the threshold is relaxed (> 1) or tightened (< 1) so that the rest of the
+        budget is spent at the rate planned for the whole request: the planned compute rate over
+        the rate still affordable. 1 without a budget or a known step count."""
+        position = self._budget_position()
+        if position is None or position[1] is None:
+            return 1.0
+        spendable, left = position
+        settings = self.settings
+        steps = settings.num_inference_steps
+        free_steps = steps - settings.warmup_steps(0, steps)
+        planned = (settings.compute_budget - settings.warmup_steps(0, steps)) / free_steps
+        return planned / (spendable / left)
 
     def threshold(self, block: Optional[int] = None) -> float:
         """The threshold of this call; DBPrune's dynamic one is relaxed from this step's first

@@ -122,8 +122,12 @@ def _find_attr(module: torch.nn.Module, target: Any) -> Optional[str]:
     return None
 
 
-def _auto_block_lists(transformer: torch.nn.Module, adapter: BlockAdapter) -> List[str]:
-    """``auto=True``: inference's block-list candidates, filtered and picked as cache-dit does."""
+def _auto_block_lists(
+    transformer: torch.nn.Module, adapter: BlockAdapter, outputs: bool
+) -> List[str]:
+    """``auto=True``: inference's block-list candidates, filtered and picked as cache-dit does
+    (with ``outputs``, lists whose blocks return another number of tensors are no candidates)."""
+    pattern = _pattern(adapter.forward_pattern, "BlockAdapter.forward_pattern") if outputs else None
     candidates = []
     for candidate in candidate_lists(transformer):
         if adapter.check_prefixes and not candidate.attr.startswith(tuple(adapter.allow_prefixes)):
@@ -131,6 +135,8 @@ def _auto_block_lists(transformer: torch.nn.Module, adapter: BlockAdapter) -> Li
         if adapter.check_suffixes and not type(candidate.blocks[0]).__name__.endswith(
             tuple(adapter.allow_suffixes)
         ):
+            continue
+        if pattern is not None and any(pattern.output_count_mismatch(b) for b in candidate.blocks):
             continue
         candidates.append(candidate)
     if not candidates:
@@ -171,7 +177,8 @@ def resolve_adapter(adapter: BlockAdapter) -> List[CachedListSpec]:
             raise ConfigError(
                 "BlockAdapter.blocks", None, "an nn.ModuleList (or list of them); or auto=True"
             )
-        names_per = [_auto_block_lists(t, adapter) for t in transformers]
+        outputs = _checks_outputs(adapter, transformers)
+        names_per = [_auto_block_lists(t, adapter, outputs) for t in transformers]
         if not all(names_per):
             raise UnsupportedModelError(
                 "BlockAdapter(auto=True) found no block list "
@@ -220,7 +227,7 @@ def resolve_adapter(adapter: BlockAdapter) -> List[CachedListSpec]:
             if not block_list:
                 raise ConfigError("BlockAdapter.blocks", attr, "a non-empty block list")
             if check:
-                _check_signatures(pattern, block_list)
+                _check_signatures(pattern, block_list, _checks_outputs(adapter, transformers))
             index = len(specs)
             specs.append(
                 CachedListSpec(
@@ -239,16 +246,29 @@ def resolve_adapter(adapter: BlockAdapter) -> List[CachedListSpec]:
     return specs
 
 
-def _check_signatures(pattern: ForwardPattern, blocks: List[torch.nn.Module]) -> None:
+def _checks_outputs(adapter: BlockAdapter, transformers: List[torch.nn.Module]) -> bool:
+    # As in cache-dit, hooks turn it off: their wrappers' annotations are not the blocks'.
+    return adapter.check_num_outputs and not _has_hooks(transformers)
+
+
+def _check_signatures(
+    pattern: ForwardPattern, blocks: List[torch.nn.Module], outputs: bool
+) -> None:
+    # Each check, with the BlockAdapter switch that turns it off.
+    checks = [(pattern.signature_mismatch, "check_forward_pattern")]
+    if outputs:
+        checks.append((pattern.output_count_mismatch, "check_num_outputs"))
     for block in blocks:
-        problem = pattern.signature_mismatch(block)
-        if problem:
-            raise ConfigError(
-                "BlockAdapter.forward_pattern",
-                pattern.name,
-                "a pattern whose inputs the blocks accept",
-                hint=f"{problem}; pass check_forward_pattern=False to skip this check",
-            )
+        for mismatch, switch in checks:
+            problem = mismatch(block)
+            if problem:
+                raise ConfigError(
+                    "BlockAdapter.forward_pattern",
+                    pattern.name,
+                    "a pattern whose inputs the blocks accept and whose outputs they return",
+                    hint=f"{problem}; pass the pattern the blocks follow, "
+                    f"or {switch}=False to skip this check",
+                )
 
 
 # -- per-list configs ---------------------------------------------------------------------------

@@ -96,6 +96,9 @@ class CacheSession:
         self.persistent = pipeline is None
         self.specs = specs
         self.separate_cfg = separate_cfg
+        # Whether refresh_context has run: cache-dit's transformer-level summary entry then reports
+        # the last context's options (it overwrites them at each refresh), until then the first's.
+        self.refreshed = False
         self.identity: Optional[CallIdentity] = None
         self.contexts: Dict[str, BlockListContext] = {}
         self.wrappers: Dict[str, BlockListRunner] = {}
@@ -185,6 +188,7 @@ class CacheSession:
     def reconfigure(self, configs: List[tuple], *, separate_cfg: Optional[bool] = None) -> None:
         if separate_cfg is not None:
             self.separate_cfg = separate_cfg
+        self.refreshed = True
         for context, (cache_config, calibrator_config) in zip(self.contexts.values(), configs):
             context.reconfigure(cache_config, calibrator_config, separate_cfg=separate_cfg)
 

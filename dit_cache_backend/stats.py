@@ -99,8 +99,8 @@ def summary(
 
     * a pipeline or a transformer: one entry per cached block list that is an attribute of the
       transformer (in attribute-name order, as cache-dit walks ``dir(transformer)``), then one
-      entry per transformer (``transformer``, then ``transformer_2``) — its first list's options,
-      its last list's counters;
+      entry per transformer (``transformer``, then ``transformer_2``) — its first list's options
+      (its last list's after ``refresh_context``), its last list's counters;
     * a ``BlockAdapter``: one transformer-level entry per transformer;
     * nothing cached: ``[CacheStats()]``.
 
@@ -171,10 +171,12 @@ def _same_blocks(block_list: torch.nn.ModuleList, blocks: List[torch.nn.Module])
 
 
 def _transformer_stats(session: CacheSession, transformer: torch.nn.Module) -> CacheStats:
-    """cache-dit's transformer-level entry: the first list's options, the last list's counters."""
+    """cache-dit's transformer-level entry: the last list's counters, and the first list's options
+    (the last list's once ``refresh_context`` ran)."""
     contexts = [session.contexts[s.name] for s in session.specs if s.transformer is transformer]
     last = context_stats(contexts[-1])
-    return dataclasses.replace(last, cache_options=context_stats(contexts[0]).cache_options)
+    options = contexts[-1] if session.refreshed else contexts[0]
+    return dataclasses.replace(last, cache_options=context_stats(options).cache_options)
 
 
 def _log_stats(stats: CacheStats, details: bool) -> None:

@@ -20,15 +20,6 @@ from engines import load_engine
 
 COMPATIBILITY_DOC = pathlib.Path(__file__).parent.parent / "docs" / "compatibility.md"
 
-# Provided by the scale-out / fidelity / models work, merged separately; the integrator empties
-# this set once those branches are in.
-PROVIDED_BY_OTHER_WORK: set = set()  # scale-out / fidelity / models names: all merged now
-
-# Signatures being aligned by the models work; emptied at merge time too.
-SIGNATURES_FIXED_BY_OTHER_WORK = {
-    "BlockAdapter",  # models: check_num_outputs went missing in the adapter split (7e0c002)
-}
-
 # Names whose signature differs on purpose: name -> the parameters in question ("*": all).
 SIGNATURE_DIFFERENCES = {
     # cache-dit's **kwargs carry only `reset`, which ours name.
@@ -85,9 +76,7 @@ def test_every_cache_dit_name_is_here_or_explained():
     missing = [
         name
         for name in public_names(reference())
-        if name not in NOT_PROVIDED
-        and name not in PROVIDED_BY_OTHER_WORK
-        and name not in vars(ours)
+        if name not in NOT_PROVIDED and name not in vars(ours)
     ]
     assert missing == []
 
@@ -109,13 +98,7 @@ def _shared_names():
         module = reference()
     except pytest.skip.Exception:
         return []
-    return [
-        name
-        for name in public_names(module)
-        if name not in NOT_PROVIDED
-        and name not in PROVIDED_BY_OTHER_WORK
-        and name not in SIGNATURES_FIXED_BY_OTHER_WORK
-    ]
+    return [name for name in public_names(module) if name not in NOT_PROVIDED]
 
 
 @pytest.mark.parametrize("name", _shared_names())

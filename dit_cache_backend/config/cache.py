@@ -18,6 +18,7 @@ from typing import (
 )
 
 from .. import scm
+from ..budget import check_budget_fits
 from ..errors import ConfigError
 from .base import _UpdatableConfig
 from .checks import (
@@ -34,6 +35,7 @@ from .checks import (
     _mask_policy_of,
     _one_of,
 )
+from .extensions import EXTENSION_CHECKS, EXTENSION_DEFAULTS, extension_tag, extensions_set
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +116,12 @@ class BasicCacheConfig(_UpdatableConfig):
     steps_computation_policy: str = "dynamic"
     force_refresh_step_hint: Optional[int] = None
     force_refresh_step_policy: str = "once"
+    # Our extensions (config/extensions.py; docs/user_guide.md, "Decision signals and compute
+    # budget"): off by default, and shown by as_dict() and strify() only when set.
+    decision_signal: str = "relative_l1"
+    signal_lowpass_ratio: float = 0.25
+    signal_mag_ratios: Optional[List[float]] = None
+    compute_budget: Optional[Union[int, float]] = None
 
     _ALIASES: ClassVar[Dict[str, str]] = {"enable_sperate_cfg": "enable_separate_cfg"}
     _OPTIONAL: ClassVar[FrozenSet[str]] = frozenset(
@@ -123,6 +131,8 @@ class BasicCacheConfig(_UpdatableConfig):
             "num_inference_steps",
             "steps_computation_mask",
             "force_refresh_step_hint",
+            "signal_mag_ratios",
+            "compute_budget",
         }
     )
     # Not a field (the fields are cache-dit's): the preset a ``steps_computation_mask: fast``
@@ -155,6 +165,7 @@ class BasicCacheConfig(_UpdatableConfig):
         "steps_computation_policy": _one_of("dynamic", "static"),
         "force_refresh_step_hint": _int_at_least(1),
         "force_refresh_step_policy": _one_of("once", "repeat"),
+        **EXTENSION_CHECKS,
     }
 
     def _normalize(self) -> None:
@@ -168,6 +179,8 @@ class BasicCacheConfig(_UpdatableConfig):
             self._mask_policy = policy
         elif isinstance(mask, tuple):
             self.steps_computation_mask = list(mask)
+        if isinstance(self.signal_mag_ratios, tuple):
+            self.signal_mag_ratios = list(self.signal_mag_ratios)
         if self._mask_policy is not None:
             if self.num_inference_steps is not None:
                 # The preset is sized by num_inference_steps: check it before building the mask.
@@ -184,6 +197,22 @@ class BasicCacheConfig(_UpdatableConfig):
                 "False when enable_separate_cfg and cfg_diff_compute_separate are both true",
                 hint="set cfg_diff_compute_separate: false to compute the CFG branch first",
             )
+        check_budget_fits(
+            self.compute_budget,
+            self.num_inference_steps,
+            self.max_warmup_steps,
+            self.warmup_interval,
+            self.steps_computation_mask,
+        )
+
+    def as_dict(self) -> Dict[str, Any]:
+        """cache-dit's fields, plus our extension fields where they are set."""
+        found = super().as_dict()
+        set_here = extensions_set(self)
+        for key in EXTENSION_DEFAULTS:
+            if key not in set_here:
+                del found[key]
+        return found
 
     def strify(self) -> str:
         """The cache part of cache-dit's tag, e.g. ``DBCache_F8B0_W8I1M0MC0_R0.08_N28``."""
@@ -197,7 +226,7 @@ class BasicCacheConfig(_UpdatableConfig):
             tag += f"_FR{self.force_refresh_step_hint}_{self.force_refresh_step_policy}"
         if self.enable_separate_cfg is not None:
             tag += f"_CFG{int(self.enable_separate_cfg)}"
-        return tag
+        return tag + extension_tag(self)
 
     def _base_tag(self) -> str:
         def at_least_0(value: Optional[int]) -> Optional[int]:
@@ -258,6 +287,17 @@ class DBPruneConfig(BasicCacheConfig):
         super()._normalize()
         if isinstance(self.non_prune_block_ids, tuple):
             self.non_prune_block_ids = list(self.non_prune_block_ids)
+
+    def _check_relations(self) -> None:
+        super()._check_relations()
+        for key, value in extensions_set(self).items():
+            raise ConfigError(
+                key,
+                value,
+                f"its default ({EXTENSION_DEFAULTS[key]!r}) with DBPrune",
+                hint="decision_signal and compute_budget are DBCache extensions; DBPrune decides "
+                "per block with the relative-L1 diff",
+            )
 
     def strify(self) -> str:
         """``DBPrune_F..B.._W..I..M..MC.._R{thr}``: DBPrune tags carry no SCM/N/FR/CFG parts."""

@@ -146,7 +146,9 @@ def _calibrator_from(options: Dict[str, Any], reset: bool) -> Optional[Calibrato
     enabled = [flag for flag in _YAML_CALIBRATORS if options.get(flag)]
     if len(enabled) > 1:
         raise ConfigError(
-            enabled[1], True, f"false while {enabled[0]} is true (the calibrators exclude each other)"
+            enabled[1],
+            True,
+            f"false while {enabled[0]} is true (the calibrators are mutually exclusive)",
         )
     for flag, family in _YAML_CALIBRATORS.items():
         own = (family.encoder_key, *family.fields)

@@ -59,7 +59,16 @@ OTHER_BACKEND_KEYS = frozenset(
 
 CALIBRATOR_KEYS = frozenset(
     {"enable_taylorseer", "taylorseer_order", "enable_encoder_taylorseer", "taylorseer_cache_type"}
+    # SGLang's DMD knobs (SGLANG_CACHE_DIT_DMD*, cache_dit_params); vLLM-Omni 0.30 has none.
+    | {"enable_dmd", "enable_encoder_dmd", "dmd_history", "dmd_rank", "dmd_ridge", "dmd_svd_precision"}
 )
+# Both frameworks build their calibrator as TaylorSeerCalibratorConfig(taylorseer_order=...) or
+# DMDCalibratorConfig(dmd_...=...), so the encoder stream takes the class default (on), not the
+# YAML loader's (off for TaylorSeer): calibrator flag -> its encoder key, set unless given.
+ENCODER_CALIBRATOR_KEYS = {
+    "enable_taylorseer": "enable_encoder_taylorseer",
+    "enable_dmd": "enable_encoder_dmd",
+}
 SCM_KEYS = frozenset({"scm_steps_mask_policy", "scm_steps_policy"})
 
 
@@ -92,6 +101,9 @@ class FrameworkCacheConfig:
         # The calibrator keys go through the YAML path's own reader: same checks, same defaults.
         calibrator_options = {k: merged.pop(k) for k in list(merged) if k in CALIBRATOR_KEYS}
         given = {k: v for k, v in calibrator_options.items() if k in values or k == "enable_taylorseer"}
+        for flag, encoder_key in ENCODER_CALIBRATOR_KEYS.items():
+            if given.get(flag) is True:
+                given.setdefault(encoder_key, True)
         calibrator = calibrator_from_options(given)
         cache_config = DBCacheConfig().update(**merged)
         return cls(cache_config, calibrator, policy, steps_policy)

@@ -130,3 +130,49 @@ def test_bad_env_value_fails_with_our_error(stage: Any, monkeypatch: pytest.Monk
         stage._maybe_enable_cache_dit((6, 4), _batch())
     assert "set by SGLANG_CACHE_DIT_SCM_PRESET or cache_dit_params['scm_preset']" in str(error.value)
     assert session_of(stage.transformer) is None
+
+
+def _calibrator(module: torch.nn.Module) -> Any:
+    return summary(module, logging=False)[0].cache_options["calibrator_config"]
+
+
+def test_dmd_env_gives_both_experts_sglangs_dmd_calibrator(
+    stage: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dit_cache_backend import DMDCalibratorConfig
+
+    monkeypatch.setenv("SGLANG_CACHE_DIT_DMD", "true")
+    monkeypatch.setenv("SGLANG_CACHE_DIT_DMD_HISTORY", "5")
+    monkeypatch.setenv("SGLANG_CACHE_DIT_SECONDARY_DMD_RANK", "2")
+    stage._maybe_enable_cache_dit((6, 4), _batch())
+    # SGLang's rule: the secondary expert inherits the primary's DMD settings unless its own are set.
+    assert _calibrator(stage.transformer) == DMDCalibratorConfig(dmd_history=5)
+    assert _calibrator(stage.transformer_2) == DMDCalibratorConfig(dmd_history=5, dmd_rank=2)
+
+
+def test_dmd_request_knobs_reach_the_calibrator(stage: Any) -> None:
+    params = {"enable_dmd": True, "dmd_svd_precision": "low", "dmd_ridge": 1e-6}
+    stage._maybe_enable_cache_dit((6, 4), _batch(params=params))
+    calibrator = _calibrator(stage.transformer)
+    assert (calibrator.calibrator_type, calibrator.dmd_svd_precision, calibrator.dmd_ridge) == (
+        "dmd", "low", 1e-6
+    )
+
+
+def test_dmd_and_taylorseer_together_fail_with_sglangs_message(
+    stage: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SGLANG_CACHE_DIT_DMD", "true")
+    monkeypatch.setenv("SGLANG_CACHE_DIT_TAYLORSEER", "true")
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        stage._maybe_enable_cache_dit((6, 4), _batch())
+    assert session_of(stage.transformer) is None
+
+
+def test_bad_dmd_env_value_names_the_env_variable(stage: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SGLANG_CACHE_DIT_DMD", "true")
+    monkeypatch.setenv("SGLANG_CACHE_DIT_DMD_SVD_PRECISION", "ultra")
+    with pytest.raises(ValueError, match="'dmd_svd_precision'") as error:
+        stage._maybe_enable_cache_dit((6, 4), _batch())
+    assert "SGLANG_CACHE_DIT_DMD_SVD_PRECISION or cache_dit_params['dmd_svd_precision']" in str(error.value)
+    assert session_of(stage.transformer) is None
