@@ -15,11 +15,12 @@ and the Pareto plot (PSNR against computed steps) of every method.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -72,7 +73,9 @@ def workload_args(model: str, steps: int, threads: int) -> argparse.Namespace:
     )
 
 
-def run(model: str, steps: int, peers: List[str], threads: int, grid: str) -> Dict[str, Any]:
+def run(
+    model: str, steps: int, peers: List[str], threads: int, grid: str, warmups: Optional[List[int]]
+) -> Dict[str, Any]:
     args = workload_args(model, steps, threads)
     workload = build_workload(args)
     reference = workload.generate(steps)
@@ -83,7 +86,10 @@ def run(model: str, steps: int, peers: List[str], threads: int, grid: str) -> Di
     twin = None
     results: List[Dict[str, Any]] = []
     notes: List[Dict[str, str]] = []
-    table = make_peers(GRIDS[grid])
+    sweep_grid = GRIDS[grid]
+    if warmups:
+        sweep_grid = dataclasses.replace(sweep_grid, warmups=tuple(warmups))
+    table = make_peers(sweep_grid)
     for name in peers:
         peer = table[name]
         why = peer.unavailable(workload)
@@ -202,6 +208,12 @@ def main() -> None:
         choices=list(GRIDS),
         help="the DBCache sweep of ours and cache-dit",
     )
+    parser.add_argument(
+        "--warmups",
+        nargs="+",
+        type=int,
+        help="the DBCache grid's max_warmup_steps (default: --grid's)",
+    )
     parser.add_argument("--out", type=Path, default=Path("fidelity_set.json"))
     parser.add_argument(
         "--report", type=Path, nargs="+", help="print the tables of earlier --out files"
@@ -234,7 +246,7 @@ def main() -> None:
         for steps in args.steps:
             start = time.perf_counter()
             print(f"{model} @ {steps}:", flush=True)
-            entry = run(model, steps, args.peers, args.threads, args.grid)
+            entry = run(model, steps, args.peers, args.threads, args.grid, args.warmups)
             entry["seconds"] = round(time.perf_counter() - start, 1)
             earlier = data["runs"].get(f"{model}@{steps}")
             if earlier:  # a rerun of some peers replaces their rows and keeps the others'

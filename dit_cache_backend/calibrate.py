@@ -126,8 +126,8 @@ class Calibration:
 
     def threshold_for(self, budget: int) -> float:
         """The largest-spending threshold whose recorded schedule stays within ``budget``
-        (bisection on a log scale; thresholds are between 1e-4 and 10)."""
-        low, high = math.log(1e-4), math.log(10.0)
+        (bisection on a log scale between 1e-4 and 0.99: from 1 on, every step would cache)."""
+        low, high = math.log(1e-4), math.log(0.99)
         if self.computed_at(math.exp(low)) <= budget:
             return round(math.exp(low), 6)
         for _ in range(40):
@@ -256,7 +256,7 @@ def add_calibrate_parser(sub: Any) -> None:
     parser.add_argument("--signal", default="relative_l1", choices=DECISION_SIGNALS)
     parser.add_argument("--fn", type=int, default=1, help="Fn_compute_blocks")
     parser.add_argument("--bn", type=int, default=0, help="Bn_compute_blocks")
-    parser.add_argument("--warmup", type=int, default=4, help="max_warmup_steps")
+    parser.add_argument("--warmup", type=int, default=2, help="max_warmup_steps")
     parser.add_argument("--out", default="calibrated.yaml")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (0: leave)")
     parser.add_argument("--device", default=None)

@@ -4,15 +4,18 @@ Usage (repository root, package installed editable)::
 
     python scripts/train_tiny_family.py --family qwen-image     # writes assets/tiny_qwen_image.safetensors
     python scripts/train_tiny_family.py --family qwen-image --iters 200 --out /tmp/q.safetensors  # a try
+    python scripts/train_tiny_family.py --family wan --iters 1200 --lr 5e-3 --threads 1  # the Wan asset
 
 Recipe (docs/tiny_model.md): rectified flow as the pipeline samples it — ``x_t = (1 - t) x0 + t eps``
 with ``t = sigmoid(N(0, 1))``, target ``eps - x0``; the transformer gets the pipeline's timestep
-convention (Qwen-Image: ``t``) and layout (packed 2 x 2 tokens with ``img_shapes``). Data: 8 classes
+convention (Qwen-Image: ``t``; Wan: ``1000 t``, unscaled by its pipeline) and layout (Qwen-Image:
+packed 2 x 2 tokens with ``img_shapes``; Wan: ``(B, C, F, H, W)`` video latents). Data: 8 classes
 with a fixed random text embedding each; every sample adds N(0, 0.05^2) to its class prototype,
 which is, per latent channel, a sum of three Gaussian bumps (random centres, widths and signs) on
-the 16 x 16 latent.
+the 16 x 16 latent (Wan: on 4 frames of 8 x 8, each bump moving at its own velocity). Wan's
+pipeline runs classifier-free guidance, so 15 % of its samples are trained with zero embeddings.
 
-AdamW, lr 2e-3 constant for the first half then cosine to 1e-4, batch 32, fixed seeds.
+AdamW, lr 2e-3 (Wan: 5e-3) constant for the first half then cosine to 1e-4, batch 32, fixed seeds.
 The asset (fp32 safetensors) holds the transformer weights, the class embeddings and prototypes,
 and the training record in its header. CPU training is not bit-reproducible across torch
 versions: the asset is committed and CI never retrains.

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 HOST = "127.0.0.1"
+ENDPOINT = "/v1/images/generations"  # OpenAI-style image generation, served by both frameworks
+PROMPTS = ("a cat", "a red car", "two dogs", "a house by the sea")
 START_TIMEOUT_S = 600
 REQUEST_TIMEOUT_S = 300
 STOP_GRACE_S = 30
@@ -163,3 +165,21 @@ def send_all(send: Callable[[Dict[str, Any]], Response], bodies: Sequence[Dict[s
     with concurrent.futures.ThreadPoolExecutor(max_workers=in_flight) as pool:
         responses = list(pool.map(send, bodies))
     return responses, time.perf_counter() - start
+
+
+# -- what every serve test asserts of its two servers ---------------------------------------------
+
+
+def assert_every_answer_is_an_image(responses: Sequence[Response], log: str, size: Tuple[int, int]) -> None:
+    """Every request answered 200 with one image of ``size`` (the server log's tail otherwise)."""
+    assert [response.status for response in responses] == [200] * len(responses), log[-3000:]
+    assert {response.image_pixels()[0] for response in responses} == {size}
+
+
+def assert_burst_equals_solo(
+    solo: Sequence[Response], burst: Sequence[Response], bodies: Sequence[Dict[str, Any]], log: str
+) -> None:
+    """Each burst answer is 200 and pixel-equal to the same request's answer sent alone."""
+    assert [response.status for response in burst] == [200] * len(burst), log[-3000:]
+    for index, (alone, in_burst) in enumerate(zip(solo, burst)):
+        assert in_burst.image_pixels() == alone.image_pixels(), f"request {index}: {bodies[index]}"
