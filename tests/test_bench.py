@@ -350,3 +350,17 @@ def test_the_trained_tiny_qwen_image_is_a_workload(tmp_path) -> None:
     ours = data["rows"][1]
     assert ours["computed_steps"] < STEPS and math.isfinite(ours["psnr_db"])
     assert 0 < ours["ssim"] <= 1
+
+
+def test_the_held_out_wan_is_a_workload_counted_per_cfg_branch() -> None:
+    import argparse
+
+    args = argparse.Namespace(
+        model="wan", steps=2, seed=0, batch=1, device="cpu", dtype="float32", threads=1
+    )
+    workload = bench.build_workload(args)
+    out = workload.generate(2)
+    assert out.dim() == 5 and torch.isfinite(out).all()
+    frames = workload.to_images(out)
+    assert frames.shape[0] == out.shape[0] * out.shape[2] and frames.shape[-1] == out.shape[1]
+    assert bench.calls_per_step(workload) == 2  # CFG: a conditional and an unconditional call

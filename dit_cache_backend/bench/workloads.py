@@ -167,6 +167,12 @@ def _token_grid(out: torch.Tensor) -> torch.Tensor:
     return out.float().cpu().reshape(batch, side, side, channels)
 
 
+def _video_frames(out: torch.Tensor) -> torch.Tensor:
+    """Video latents (B, C, F, H, W) as B·F images (B·F, H, W, C) for SSIM."""
+    batch, channels, frames, height, width = out.shape
+    return out.float().cpu().permute(0, 2, 3, 4, 1).reshape(batch * frames, height, width, channels)
+
+
 def _flux_images(out: torch.Tensor) -> torch.Tensor:
     from ..tiny_model import tiny_flux_latents_to_images
 
@@ -205,6 +211,13 @@ TRAINED: Dict[str, TrainedModel] = {
         "trained tiny Qwen-Image, all classes in one batched pipeline call",
         "packed latents (B, T, C)",
         _token_grid,
+    ),
+    # The held-out family of the benchmark set (docs/quality.md "Held-out: wan"): CFG, 2 calls a step.
+    "wan": TrainedModel(
+        "wan",
+        "trained tiny Wan 2.1 (video, CFG), all classes in one batched pipeline call",
+        "video latents (B, C, F, H, W)",
+        _video_frames,
     ),
 }
 
