@@ -134,3 +134,12 @@ def test_dbcache_on_the_pipeline_caches_and_stays_faithful(family: str, pipe) ->
 def test_unknown_family_is_refused_with_the_known_ones() -> None:
     with pytest.raises(ValueError, match="'flux', 'qwen-image', 'wan'"):
         zoo.tiny_pipeline("sd3")
+
+
+def test_seacache_sees_wan_video_latents_per_sample() -> None:
+    from dit_cache_backend.bench.peers import _packed_frames
+
+    video = torch.arange(2 * 4 * 4 * 8 * 8, dtype=torch.float32).reshape(2, 4, 4, 8, 8)
+    samples = _packed_frames(None, (), {"hidden_states": video})
+    assert [s.shape for s in samples] == [torch.Size([4, 4, 8, 8])] * 2
+    assert torch.equal(samples[1], video[1])

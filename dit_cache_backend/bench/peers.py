@@ -392,8 +392,11 @@ def _magcache(workload: Workload, _targets: Sequence[int]) -> List[Candidate]:
 
 
 def _packed_frames(module: torch.nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
-    """SeaCache's view of the generated latents: packed (B, T, C) tokens → per sample (C, 1, √T, √T)."""
+    """SeaCache's view of the generated latents: packed (B, T, C) tokens → per sample (C, 1, √T, √T);
+    video latents (B, C, F, H, W) → per sample (C, F, H, W), as diffusers' own Wan callback."""
     hidden = kwargs.get("hidden_states", args[0] if args else None)
+    if isinstance(hidden, torch.Tensor) and hidden.dim() == 5:
+        return list(hidden.unbind(0))
     if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3:
         return None
     batch, tokens, channels = hidden.shape
