@@ -150,13 +150,17 @@ def refresh_target(
     steps_computation_mask: Any = KEEP,
     steps_computation_policy: str = "dynamic",
     force_refresh_step_hint: Optional[int] = None,
+    compute_budget: Any = None,
 ) -> None:
     """Start every context of ``target`` clean, sized for a request of ``num_inference_steps``.
 
     ``None`` steps: unknown length (no step limit). A given mask (None clears it) comes with its
-    policy; ``force_refresh_step_hint`` is re-armed for this request when given.
+    policy; ``force_refresh_step_hint`` is re-armed for this request when given, and so is a
+    ``compute_budget`` (a count, or a fraction of this request's steps).
     """
     settings: Dict[str, Any] = {"num_inference_steps": num_inference_steps}
+    if compute_budget is not None:
+        settings["compute_budget"] = compute_budget
     if steps_computation_mask is not KEEP:
         settings["steps_computation_mask"] = steps_computation_mask
         if steps_computation_mask is not None:
@@ -351,6 +355,8 @@ def _refresh_all(
             steps_computation_policy=config.scm_steps_policy,
             # Re-armed for every request ("once" clears it after its first refresh).
             force_refresh_step_hint=config.cache_config.force_refresh_step_hint,
+            # An expert that sees no step this request has no budget to size.
+            compute_budget=None if steps is None else config.compute_budget,
         )
         if verbose:
             logger.debug("refreshed %s for %s steps", type(target).__name__, steps)

@@ -203,3 +203,27 @@ def test_a_refresh_sets_a_new_budget_for_the_next_request():
     dcb.refresh_context(pipe.transformer, compute_budget=5)
     generate(pipe, 12)
     assert computed_steps(pipe, 12) == 5
+
+
+def test_the_serving_backend_sizes_a_fraction_budget_for_each_request():
+    from dit_cache_backend import CacheDiTBackend
+
+    pipe = tiny_flux_pipeline()
+    backend = CacheDiTBackend(
+        {"max_warmup_steps": 2, "residual_diff_threshold": 0.0, "compute_budget": 0.34}
+    )
+    backend.enable(pipe)
+    backend.refresh(pipe, 12)
+    generate(pipe, 12)
+    assert computed_steps(pipe, 12) == 4
+    backend.refresh(pipe, 20)
+    generate(pipe, 20)
+    assert computed_steps(pipe, 20) == 6
+
+
+@pytest.mark.parametrize("flat", [{"compute_budget": 1.5}, {"compute_budget": 2, "max_warmup_steps": 4}])
+def test_a_serving_budget_that_cannot_hold_is_refused_before_any_request(flat):
+    from dit_cache_backend import CacheDiTBackend
+
+    with pytest.raises(ConfigError, match="compute_budget"):
+        CacheDiTBackend(flat)

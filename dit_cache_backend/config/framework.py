@@ -9,8 +9,10 @@ validated, with the DBCache and TaylorSeer parts as our own config objects.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any, Dict, Mapping, Optional
 
+from ..budget import check_budget_fits, check_budget_value
 from ..errors import ConfigError, UnknownKeyError
 from ..scm import MASK_POLICIES
 from .cache import BasicCacheConfig, DBCacheConfig
@@ -80,6 +82,9 @@ class FrameworkCacheConfig:
     calibrator_config: Optional[CalibratorConfig] = None
     scm_steps_mask_policy: Optional[str] = None
     scm_steps_policy: str = "dynamic"
+    # Like the SCM policy, a budget is applied per request, where the step count is known: a
+    # fraction of the steps is what an operator sets for requests of varying length.
+    compute_budget: Any = None
 
     @classmethod
     def from_flat(cls, values: Mapping[str, Any]) -> "FrameworkCacheConfig":
@@ -98,6 +103,9 @@ class FrameworkCacheConfig:
         steps_policy = merged.pop("scm_steps_policy")
         if steps_policy not in ("dynamic", "static"):
             raise ConfigError("scm_steps_policy", steps_policy, "'dynamic' or 'static'")
+        budget = merged.pop("compute_budget", None)
+        if budget is not None:
+            check_budget_value("compute_budget", budget)
         # The calibrator keys go through the YAML path's own reader: same checks, same defaults.
         calibrator_options = {k: merged.pop(k) for k in list(merged) if k in CALIBRATOR_KEYS}
         given = {k: v for k, v in calibrator_options.items() if k in values or k == "enable_taylorseer"}
@@ -106,7 +114,15 @@ class FrameworkCacheConfig:
                 given.setdefault(encoder_key, True)
         calibrator = calibrator_from_options(given)
         cache_config = DBCacheConfig().update(**merged)
-        return cls(cache_config, calibrator, policy, steps_policy)
+        if isinstance(budget, numbers.Integral):  # a count can be checked before any request
+            check_budget_fits(
+                budget,
+                None,
+                cache_config.max_warmup_steps,
+                cache_config.warmup_interval,
+                cache_config.steps_computation_mask,
+            )
+        return cls(cache_config, calibrator, policy, steps_policy, budget)
 
     @classmethod
     def from_any(cls, config: Any) -> "FrameworkCacheConfig":
