@@ -225,6 +225,13 @@ def _qwen_kwargs(
         "true_cfg_scale": 1.0,  # no negative prompt: one transformer call per step
         "height": QWEN_IMAGE_SIZE,
         "width": QWEN_IMAGE_SIZE,
+        **_seeded_latent_request(seed, num_inference_steps),
+    }
+
+
+def _seeded_latent_request(seed: int, num_inference_steps: int) -> Dict[str, Any]:
+    """What every tiny-zoo request shares: its step count, a seeded CPU generator, latent output."""
+    return {
         "num_inference_steps": num_inference_steps,
         "generator": torch.Generator("cpu").manual_seed(seed),
         "output_type": "latent",
@@ -245,9 +252,7 @@ def _wan_kwargs(
         "num_frames": frames,
         "height": height,
         "width": width,
-        "num_inference_steps": num_inference_steps,
-        "generator": torch.Generator("cpu").manual_seed(seed),
-        "output_type": "latent",
+        **_seeded_latent_request(seed, num_inference_steps),
     }
 
 

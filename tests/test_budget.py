@@ -165,16 +165,17 @@ def computed_steps(pipe, steps):
     return steps - len(stats.cached_steps)
 
 
-def test_the_engine_keeps_a_fraction_budget_on_every_request_length():
+def cached_flux(**fields):
+    """The tiny Flux pipeline with DBCache F1 and ``fields`` enabled."""
     pipe = tiny_flux_pipeline()
-    config = dcb.DBCacheConfig(
-        Fn_compute_blocks=1,
-        max_warmup_steps=2,
-        residual_diff_threshold=0.0,
-        num_inference_steps=12,
-        compute_budget=0.34,
+    dcb.enable_cache(pipe, cache_config=dcb.DBCacheConfig(Fn_compute_blocks=1, **fields))
+    return pipe
+
+
+def test_the_engine_keeps_a_fraction_budget_on_every_request_length():
+    pipe = cached_flux(
+        max_warmup_steps=2, residual_diff_threshold=0.0, num_inference_steps=12, compute_budget=0.34
     )
-    dcb.enable_cache(pipe, cache_config=config)
     generate(pipe, 12)
     assert computed_steps(pipe, 12) == 4
     dcb.refresh_context(pipe.transformer, num_inference_steps=20)
@@ -183,11 +184,7 @@ def test_the_engine_keeps_a_fraction_budget_on_every_request_length():
 
 
 def test_a_refresh_to_a_request_too_short_for_the_warmup_changes_nothing():
-    pipe = tiny_flux_pipeline()
-    config = dcb.DBCacheConfig(
-        Fn_compute_blocks=1, max_warmup_steps=4, num_inference_steps=20, compute_budget=0.25
-    )
-    dcb.enable_cache(pipe, cache_config=config)
+    pipe = cached_flux(max_warmup_steps=4, num_inference_steps=20, compute_budget=0.25)
     with pytest.raises(ConfigError, match="compute_budget"):
         dcb.refresh_context(pipe.transformer, num_inference_steps=12)  # 3 steps for 4 warmup steps
     generate(pipe, 20)
@@ -195,11 +192,7 @@ def test_a_refresh_to_a_request_too_short_for_the_warmup_changes_nothing():
 
 
 def test_a_refresh_sets_a_new_budget_for_the_next_request():
-    pipe = tiny_flux_pipeline()
-    config = dcb.DBCacheConfig(
-        Fn_compute_blocks=1, max_warmup_steps=2, residual_diff_threshold=0.0, num_inference_steps=12
-    )
-    dcb.enable_cache(pipe, cache_config=config)
+    pipe = cached_flux(max_warmup_steps=2, residual_diff_threshold=0.0, num_inference_steps=12)
     dcb.refresh_context(pipe.transformer, compute_budget=5)
     generate(pipe, 12)
     assert computed_steps(pipe, 12) == 5
